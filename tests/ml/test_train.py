@@ -1,0 +1,219 @@
+"""ml.train: overfitting, exact resume, the metrics log, refusals, DDP on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import ml.train as train_mod
+from ml.data import ClipDataset, DataError, read_manifest, write_manifest
+from ml.train import TrainConfig, lr_lambda, make_config, train
+from tests.ml.test_data import make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TinyNet(nn.Module):
+    """A few hundred parameters with a spatio-temporal attention map, as attention models have:
+    enough to find a bright focus, fast enough for unit tests."""
+
+    def __init__(self, spatial_dims: int = 3):
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.spatial_dims = spatial_dims
+        self.conv = conv(1, 8, 3, padding=1)
+        self.norm = nn.BatchNorm3d(8) if spatial_dims == 3 else nn.BatchNorm2d(8)
+        self.att = conv(8, 1, 1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(8, 1)
+        self.attention_maps: list[torch.Tensor] = []
+
+    def forward(self, x):
+        f = torch.relu(self.norm(self.conv(x)))  # (B, 8, T, H, W)
+        a = torch.sigmoid(self.att(f))  # (B, 1, T, H, W)
+        self.attention_maps = [a]
+        f = (f * (1 + a)).flatten(2).amax(2)  # (B, 8)
+        return self.fc(self.drop(f))  # (B, 1)
+
+
+def tiny_model(cfg: TrainConfig) -> nn.Module:
+    return TinyNet(spatial_dims=2 if cfg.arch.endswith("2d") else 3)
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    monkeypatch.setattr(train_mod, "build_model", tiny_model)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(arch="tiny", frames=6, size=16, batch_size=4, epochs=2, lr=3e-2,
+                warmup_epochs=0.5, num_workers=0, threads=1, log_every=1)
+    return make_config("small", **{**base, **kw})
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return make_tiny_dataset(tmp_path / "data")
+
+
+def _events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_lambda(s, warmup_steps=4, total_steps=20, min_ratio=0.01) for s in range(21)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert lrs[-1] == pytest.approx(0.01)
+
+
+def test_make_config_presets_and_overrides():
+    cfg = make_config("paper", epochs=3, lr=None)
+    assert cfg.preset == "paper" and cfg.epochs == 3 and cfg.lr == train_mod.PRESETS["paper"]["lr"]
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        make_config("small", learning_rate=1)
+
+
+def test_overfits_a_tiny_batch(tiny):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    ds = ClipDataset(tiny, "train", cfg.clip_spec(3))
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    model = TinyNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    y = batch["label"].float()
+    for _ in range(150):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(batch["clip"])[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_train_writes_run_directory_and_metrics_log(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    events = []
+    summary = train(tiny_config(), tiny, run, progress=events.append)
+    assert {p.name for p in run.iterdir()} >= {"config.json", "checkpoint.pt",
+                                               "model.safetensors", "metrics.jsonl"}
+    log = _events(run)
+    assert [e["event"] for e in log] == [e["event"] for e in events]
+    kinds = [e["event"] for e in log]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("epoch") == 2
+    steps = [e for e in log if e["event"] == "step"]
+    assert len(steps) == 2 * 2  # 8 draws / batch 4, every step logged
+    assert {"loss", "lr", "step", "steps_total", "attention_loss"} <= set(steps[0])
+    assert steps[0]["attention_loss"] is not None  # masks exist and the model has attention
+    epochs = [e for e in log if e["event"] == "epoch"]
+    for e in epochs:
+        assert {"train_loss", "val_loss", "val_auroc", "lr", "time"} <= set(e)
+        assert 0 <= e["val_auroc"] <= 1
+    assert log[-1]["threshold"] == summary["threshold"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["arch"] == "tiny" and config["spec"]["frames"] == 6
+    assert config["threshold"] == summary["threshold"] and config["best_epoch"] >= 1
+    assert config["counts"]["val"] == {"n": 4, "malignant": 2, "benign": 2}
+    # the best weights are loadable without unpickling anything
+    TinyNet().load_state_dict(load_file(run / "model.safetensors"))
+
+
+def test_no_attention_loss_when_weight_is_zero(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1, attention_loss_weight=0.0), tiny, run)
+    steps = [e for e in _events(run) if e["event"] == "step"]
+    assert all(e["attention_loss"] is None for e in steps)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, tiny_models):
+    cfg = tiny_config(epochs=3, num_workers=1)  # a worker process, as in real runs
+    full = tmp_path / "full"
+    train(cfg, tiny, full)
+
+    def stop_after_first_epoch(event):
+        if event["event"] == "epoch" and event["epoch"] == 1:
+            raise Interrupt
+
+    part = tmp_path / "part"
+    with pytest.raises(Interrupt):
+        train(cfg, tiny, part, progress=stop_after_first_epoch)
+    assert _events(part)[-1]["event"] == "error"
+    train(TrainConfig(), tiny, part, resume=True)  # the stored config wins
+
+    ckpt_a = torch.load(full / "checkpoint.pt", weights_only=True)
+    ckpt_b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert ckpt_a["epoch"] == ckpt_b["epoch"] == 3
+    for k, v in ckpt_a["model"].items():
+        assert torch.equal(v, ckpt_b["model"][k]), k
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kinds = [e["event"] for e in _events(part)]
+    assert kinds.count("start") == 2 and kinds[-1] == "done"
+
+
+def test_resume_without_checkpoint_is_refused(tiny, tmp_path):
+    with pytest.raises(DataError, match="nothing to resume"):
+        train(tiny_config(), tiny, tmp_path / "none", resume=True)
+
+
+def test_refuses_a_split_with_too_few_cases_of_a_class(tiny, tmp_path, tiny_models):
+    records = read_manifest(tiny)
+    kept = [r for r in records if not (r.split == "val" and r.label == 1)]
+    write_manifest(tiny / "manifest.csv", kept)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"split 'val' has 0 malignant case\(s\)"):
+        train(tiny_config(), tiny, run)
+    assert _events(run)[-1]["event"] == "error"
+    assert "0 malignant" in _events(run)[-1]["message"]
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_2d_model_trains_on_key_frames(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run2d"
+    train(tiny_config(arch="tiny_2d", epochs=1), tiny, run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["spec"]["spatial_dims"] == 2 and config["spec"]["frames"] == 1
+
+
+DDP_SCRIPT = """
+import sys
+import ml.train as t
+from tests.ml.test_train import tiny_model, tiny_config
+t.build_model = tiny_model
+t.train(tiny_config(epochs=1), sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(tiny, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(29500 + os.getpid() % 1000), str(script), str(tiny), str(run)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _events(run)
+    start = log[0]
+    assert start["world_size"] == 2 and log[-1]["event"] == "done"
+    # rank 0 writes alone: one start line, one line per step (4 draws per rank / batch 4)
+    assert [e["event"] for e in log].count("start") == 1
+    assert len([e for e in log if e["event"] == "step"]) == 1
+    assert np.isfinite([e["val_auroc"] for e in log if e["event"] == "epoch"]).all()
