@@ -1,0 +1,207 @@
+"""ml.models: every architecture builds, runs, learns; attention maps and their supervision."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ml.models import (
+    MODEL_NAMES,
+    attention_supervision_loss,
+    create_model,
+    gradcam_layer,
+    parameter_count,
+)
+
+TINY_3D = (2, 1, 8, 32, 32)
+TINY_2D = (2, 1, 32, 32)
+N_D = ("irv2_cam", "irv2", "r2plus1d_18", "x3d_s")  # written once for 2D and 3D
+SLOW = {"irv2_cam", "irv2", "r2plus1d_18", "x3d_s"}  # > 1 s to overfit on 2 cores
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_input(model, batch: int = 2) -> torch.Tensor:
+    shape = TINY_3D if model.spatial_dims == 3 else TINY_2D
+    return torch.rand((batch,) + shape[1:])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_small_model_gives_one_finite_logit_per_clip(name):
+    torch.manual_seed(0)
+    model = create_model(name, config="small").eval()
+    x = _tiny_input(model)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1)
+    assert torch.isfinite(y).all()
+    assert model.spatial_dims == (2 if name.endswith("_2d") else 3)
+    assert isinstance(model.attention_maps, list)
+    assert (len(model.attention_maps) > 0) == (name == "irv2_cam")
+    assert isinstance(gradcam_layer(model), torch.nn.Module)
+
+
+@pytest.mark.parametrize("name", N_D)
+def test_nd_architectures_also_build_in_2d(name):
+    model = create_model(name, spatial_dims=2, num_classes=3, in_channels=3).eval()
+    with torch.no_grad():
+        y = model(torch.rand(2, 3, 32, 32))
+    assert y.shape == (2, 3) and torch.isfinite(y).all()
+    assert model.spatial_dims == 2
+
+
+def test_bad_requests_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("vit")
+    with pytest.raises(ValueError, match="unknown config"):
+        create_model("irv2", config="huge")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        create_model("resnet18_2d", spatial_dims=3)
+    with pytest.raises(TypeError, match="options are"):
+        create_model("irv2", depth=3)
+
+
+def _meta_params(name: str, **kw) -> int:
+    with torch.device("meta"):  # no memory, no init, no forward at full size
+        return parameter_count(create_model(name, config="paper", **kw))
+
+
+# (name, low, high) in millions for the `paper` config with one input channel and one logit
+PAPER_PARAMS = [
+    ("irv2_cam", 45, 50),  # 5/10/5 blocks (Szegedy 2016, Fig. 15)
+    ("irv2", 45, 50),
+    ("r3d_18", 32.5, 33.5),  # torchvision r3d_18: 33.4M with RGB input and 400 classes
+    ("r2plus1d_18", 31, 31.6),  # torchvision r2plus1d_18: 31.5M, likewise
+    ("densenet121_3d", 11, 11.5),
+    ("x3d_s", 2.8, 3.1),  # X3D-S: 3.76M with the 2048 x 400 classifier (0.82M)
+    ("irv2_2d", 31, 34),
+    ("resnet18_2d", 11, 11.3),  # 11.7M with RGB and 1000 classes
+    ("densenet121_2d", 6.8, 7.1),  # 8.0M with 1000 classes
+]
+
+
+@pytest.mark.parametrize(("name", "low", "high"), PAPER_PARAMS)
+def test_paper_config_parameter_counts(name, low, high):
+    assert low * 1e6 < _meta_params(name) < high * 1e6
+
+
+def test_irv2_cam_with_released_block_counts_matches_the_studys_72m_parameters():
+    # Qian et al. 2025 report 72M parameters for 3D IRv2 + attention; the released
+    # InceptionResNetV2 repeats its blocks 10 / 20 / 10 times.
+    assert 71e6 < _meta_params("irv2_cam", blocks=(10, 20, 10)) < 73.5e6
+
+
+def test_small_config_is_much_smaller_than_paper():
+    for name in MODEL_NAMES:
+        with torch.device("meta"):
+            small = parameter_count(create_model(name, config="small"))
+        assert small < _meta_params(name) / 4, name
+
+
+def test_attention_maps_are_probabilities_on_the_stage_grids():
+    torch.manual_seed(0)
+    model = create_model("irv2_cam").eval()
+    with torch.no_grad():
+        model(torch.rand(2, 1, 16, 64, 64))
+    maps = model.attention_maps
+    # B stage: time / 4, space / 16; C stage: time / 4, space / 32
+    assert [tuple(a.shape) for a in maps] == [(2, 1, 4, 4, 4), (2, 1, 4, 2, 2)]
+    for a in maps:
+        assert a.min() >= 0 and a.max() <= 1
+    assert create_model("irv2").attention_maps == []
+
+
+def test_attention_stages_are_configurable():
+    model = create_model("irv2_cam", attention=("A", "B", "C")).eval()
+    with torch.no_grad():
+        model(torch.rand(1, 1, 16, 64, 64))
+    assert len(model.attention_maps) == 3
+    with pytest.raises(ValueError, match="attention stages"):
+        create_model("irv2_cam", attention=("D",))
+
+
+def _mask_with_focus(batch: int = 2) -> torch.Tensor:
+    mask = torch.zeros(batch, 16, 64, 64, dtype=torch.uint8)
+    mask[:, 5, 10, 12] = 1  # one-pixel punctate focus in one frame
+    mask[:, 6:8, 40:44, 40:46] = 2  # a macrocalcification
+    mask[:, 12, 50:60, 5:15] = 4  # comet-tail artefact: not a calcification
+    return mask
+
+
+def test_attention_loss_is_lowest_for_maps_that_match_the_marks():
+    mask = _mask_with_focus()
+    target = ((mask >= 1) & (mask <= 3)).float()[:, None]
+    shapes = [(4, 8, 8), (2, 4, 4)]
+    matching = [F.adaptive_max_pool3d(target, s) for s in shapes]
+    # the one-pixel focus survives the 16x downsampling
+    assert matching[0][0, 0, 1, 1, 1] == 1
+    flat = [torch.full_like(m, 0.5) for m in matching]
+    inverted = [1 - m for m in matching]
+    has = torch.tensor([True, True])
+    losses = [attention_supervision_loss(maps, mask, has) for maps in (matching, flat, inverted)]
+    assert losses[0] < 0.05 < losses[1] < losses[2]
+
+
+def test_attention_loss_ignores_clips_without_marks():
+    mask = _mask_with_focus()
+    maps = [torch.rand(2, 1, 4, 8, 8, requires_grad=True)]
+    none = attention_supervision_loss(maps, mask, torch.tensor([False, False]))
+    assert none.item() == 0 and none.requires_grad
+    one = attention_supervision_loss(maps, mask, torch.tensor([True, False]))
+    # clip 1's map does not matter when clip 1 has no marks
+    maps2 = [torch.cat([maps[0][:1], torch.rand(1, 1, 4, 8, 8)])]
+    assert attention_supervision_loss(maps2, mask, [True, False]).item() == pytest.approx(
+        one.item()
+    )
+
+
+def test_training_on_the_attention_loss_moves_the_maps_to_the_marks():
+    torch.manual_seed(0)
+    model = create_model("irv2_cam")
+    x = torch.rand(2, 1, 16, 64, 64)
+    mask = _mask_with_focus()
+    has = torch.tensor([True, True])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        model(x)
+        loss = attention_supervision_loss(model.attention_maps, mask, has)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODEL_NAMES]
+)
+def test_every_architecture_overfits_a_tiny_batch(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    x = _tiny_input(model, batch=4)
+    y = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_ml_models_never_imports_django():
+    code = "import sys, ml.models; assert 'django' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
