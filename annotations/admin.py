@@ -1,0 +1,89 @@
+"""The admin site, for platform administrators only (see webapp.admin_site). Querysets still
+come from the selectors, like every other entry point."""
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+
+from annotations import selectors
+from annotations.models import AuditEvent, Centre, Membership, Nodule, Patient, User, Video
+from annotations.permissions import PlatformAction, can_platform
+
+
+class PlatformAdminOnly(admin.ModelAdmin):
+    def has_module_permission(self, request):
+        return can_platform(request.user, PlatformAction.ADMINISTER)
+
+    has_view_permission = has_add_permission = has_change_permission = (
+        lambda self, request, obj=None: can_platform(request.user, PlatformAction.ADMINISTER)
+    )
+    has_delete_permission = has_change_permission
+
+
+@admin.register(User)
+class UserAdmin(PlatformAdminOnly, DjangoUserAdmin):
+    fieldsets = DjangoUserAdmin.fieldsets + (("ThyroCine", {"fields": ("platform_role",)}),)
+    list_display = ("username", "email", "platform_role", "is_active", "last_login")
+    list_filter = ("platform_role", "is_active")
+
+
+@admin.register(Centre)
+class CentreAdmin(PlatformAdminOnly):
+    list_display = ("code", "name", "created_at")
+
+    def get_queryset(self, request):
+        return selectors.centres_visible_to(user=request.user)
+
+
+@admin.register(Membership)
+class MembershipAdmin(PlatformAdminOnly):
+    list_display = ("user", "centre", "role")
+    list_filter = ("centre", "role")
+
+    def get_queryset(self, request):
+        return selectors.memberships_visible_to(user=request.user)
+
+
+@admin.register(Patient)
+class PatientAdmin(PlatformAdminOnly):
+    list_display = ("code", "centre", "sex", "age_at_exam")
+    list_filter = ("centre",)
+
+    def get_queryset(self, request):
+        return selectors.patients_visible_to(user=request.user)
+
+
+@admin.register(Nodule)
+class NoduleAdmin(PlatformAdminOnly):
+    list_display = ("code", "patient", "location", "max_diameter_mm")
+
+    def get_queryset(self, request):
+        return selectors.nodules_visible_to(user=request.user)
+
+
+@admin.register(Video)
+class VideoAdmin(PlatformAdminOnly):
+    list_display = ("pk", "nodule", "status", "frame_count", "uploaded_at")
+    list_filter = ("status",)
+
+    def get_queryset(self, request):
+        return selectors.videos_visible_to(user=request.user)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(PlatformAdminOnly):
+    """Read-only: the audit log is append-only."""
+
+    list_display = ("at", "username", "centre_code", "action", "object_type", "object_repr")
+    list_filter = ("action", "centre_code")
+
+    def get_queryset(self, request):
+        return selectors.audit_events_visible_to(user=request.user)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the whole platform on one machine: migrations, demo data, a Celery worker for both
+# queues and the ASGI web server (HTTP + websockets). Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+HOST=${DEMO_HOST:-127.0.0.1}
+PORT=${DEMO_PORT:-8000}
+mkdir -p var
+
+$PY manage.py migrate --noinput
+$PY manage.py seed_demo
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+# One worker consumes both queues here; docker-compose.yml runs one per queue.
+.venv/bin/celery -A webapp worker -Q cpu,gpu --pool=solo --concurrency=1 \
+  --without-gossip --without-mingle --loglevel=INFO >var/worker.log 2>&1 &
+pids+=($!)
+.venv/bin/daphne -b "$HOST" -p "$PORT" webapp.asgi:application >var/web.log 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 60); do
+  if $PY - "$HOST" "$PORT" <<'PYEOF' 2>/dev/null; then break; fi
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/accounts/login/", timeout=2)
+PYEOF
+  sleep 1
+done
+
+echo
+echo "ThyroCine is running at http://$HOST:$PORT/  (logs: var/web.log, var/worker.log; Ctrl-C stops)"
+echo
+wait -n "${pids[@]}"
