@@ -26,6 +26,8 @@ class TinyNet(nn.Module):
     """A few hundred parameters with a spatio-temporal attention map, as attention models have:
     enough to find a bright focus, fast enough for unit tests."""
 
+    gradcam_layer_name = "conv"
+
     def __init__(self, spatial_dims: int = 3):
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d

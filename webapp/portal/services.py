@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from webapp.portal.models import WorkerProbe
-from webapp.realtime import group_notify
+from annotations.realtime import group_notify
 
 QUEUES = ("cpu", "gpu")
 STATUS_GROUP = "system-status"
