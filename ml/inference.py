@@ -1,0 +1,169 @@
+"""Load a trained run safely and score clips, with heatmaps for the reader.
+
+The platform stores a standardised clip per video ((T, H, W) uint8 from `ml.video`); `predict`
+prepares it with `ml.data.prepare_clip`, the very function evaluation uses, so a score here equals
+the score in the run's `predictions.csv`. Weights load from safetensors (or `torch.load` with
+`weights_only=True`): nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ml.data import ClipSpec, prepare_clip
+
+
+def load_model(
+    source: str | Path | tuple[str | Path, Mapping | str | Path],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """(model in eval mode, run config) from a run directory or (weights path, config).
+
+    `config` is the run's `config.json` content (a dict) or its path. The config always
+    carries `train` (the TrainConfig fields), `spec` (the ClipSpec) and `threshold`.
+    """
+    from ml import train as train_mod
+
+    if isinstance(source, tuple):
+        weights, config = source
+        if not isinstance(config, Mapping):
+            config = json.loads(Path(config).read_text())
+    else:
+        run = Path(source)
+        if not (run / "config.json").is_file():
+            raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
+        config = json.loads((run / "config.json").read_text())
+        weights = run / "model.safetensors"
+    config = dict(config)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights at {weights}")
+    cfg = train_mod.config_from_dict(config["train"])
+    model = train_mod.build_model(cfg)
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("model", state)  # a training checkpoint or a bare state dict
+    model.load_state_dict(state)
+    model.to(device).eval()
+    if "spec" not in config:
+        config["spec"] = vars(cfg.clip_spec(int(getattr(model, "spatial_dims", 3))))
+    return model, config
+
+
+def spec_of(config: Mapping) -> ClipSpec:
+    return ClipSpec.from_dict(config["spec"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, clip: np.ndarray, spec: ClipSpec, boxes: np.ndarray | None = None
+) -> float:
+    """Probability of malignancy for one stored clip (T, H, W) uint8.
+
+    Pass the nodule's `boxes` ((T, 4), NaN where out of view) when the model was trained on ROI
+    crops (`spec.roi`); without them it sees the whole image.
+    """
+    model.eval()
+    x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
+    return float(torch.sigmoid(model(x.to(_device(model)))[0, 0].float()))
+
+
+@dataclass
+class Heatmaps:
+    """Heatmaps aligned to the stored clip: frame f of `gradcam` belongs to frame f of the clip.
+
+    Maps are float16 in [0, 1], (T, H, W) of the clip; zero outside the ROI crop (and, for 2D
+    models, on every frame but the key frame). `gradcam_input` and `attention_input` are the
+    same maps on the model's input grid (the sampled frames, the crop at model size), which is
+    where localisation is scored against the aligned mask.
+    """
+
+    probability: float
+    gradcam: np.ndarray
+    attention: list[np.ndarray]
+    frame_indices: np.ndarray  # (T',) clip frames the model saw
+    crop_box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in clip pixels
+    gradcam_input: np.ndarray = field(repr=False)  # (T', h, w) float32
+    attention_input: list[np.ndarray] = field(repr=False)  # each (T', h, w) float32
+
+
+def input_heatmaps(
+    model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None
+) -> tuple[torch.Tensor, np.ndarray, list[np.ndarray]]:
+    """(logits (B, 1), Grad-CAM, attention maps) for an input batch; the maps are
+    (B, T, H, W) (or (B, H, W)) on the input grid, Grad-CAM in [0, 1] per case."""
+    from ml.gradcam import GradCAM
+
+    with GradCAM(model, layer) as gc:
+        heat, logits = gc(x)
+        attention = list(gc.attention)
+    return logits, heat.cpu().numpy(), attention
+
+
+def to_clip_grid(
+    heat: np.ndarray,
+    frame_indices: np.ndarray,
+    crop_box: tuple[int, int, int, int],
+    clip_shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Map a heatmap on the model grid ((T', h, w), or (h, w) for a key frame) to the clip:
+    every clip frame takes the nearest sampled frame's map, pasted into the crop box."""
+    t0, h0, w0 = clip_shape
+    x0, y0, x1, y1 = crop_box
+    heat = np.asarray(heat, np.float32)
+    if heat.ndim == 2:
+        heat = heat[None]
+    out = np.zeros(clip_shape, np.float16)
+    pasted = np.stack([cv2.resize(h, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+                       for h in heat])
+    pasted = np.clip(pasted, 0, 1).astype(np.float16)
+    idx = np.asarray(frame_indices)
+    if len(idx) == 1:  # 2D model: the key frame only
+        out[idx[0], y0:y1, x0:x1] = pasted[0]
+        return out
+    nearest = np.abs(np.arange(t0)[:, None] - idx[None, :]).argmin(1)  # (T0,)
+    out[:, y0:y1, x0:x1] = pasted[nearest]
+    return out
+
+
+def predict_with_heatmaps(
+    model: nn.Module,
+    clip: np.ndarray,
+    spec: ClipSpec,
+    boxes: np.ndarray | None = None,
+    layer: nn.Module | None = None,
+) -> Heatmaps:
+    """Probability, Grad-CAM and attention maps for one stored clip (T, H, W) uint8."""
+    prep = prepare_clip(clip, spec, boxes=boxes)
+    x = torch.from_numpy(prep["clip"])[None].to(_device(model))
+    logits, heat, att = input_heatmaps(model, x, layer)
+    heat_in = heat[0].astype(np.float32)
+    att_in = [a[0].astype(np.float32) for a in att]
+    shape = tuple(np.shape(clip))
+    return Heatmaps(
+        probability=float(torch.sigmoid(logits[0, 0].float())),
+        gradcam=to_clip_grid(heat_in, prep["frame_indices"], prep["crop_box"], shape),
+        attention=[to_clip_grid(a, prep["frame_indices"], prep["crop_box"], shape)
+                   for a in att_in],
+        frame_indices=prep["frame_indices"],
+        crop_box=prep["crop_box"],
+        gradcam_input=heat_in,
+        attention_input=att_in,
+    )
