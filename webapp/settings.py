@@ -301,4 +301,21 @@ LOGGING = {
 THYROCINE = {
     # Upload limit in bytes; larger uploads are refused with a clear message.
     "MAX_UPLOAD_BYTES": int(os.environ.get("MAX_UPLOAD_BYTES", str(4 * 1024**3))),
+    # Identified uploads wait here, outside media storage, until they are de-identified.
+    "INCOMING_DIR": Path(os.environ.get("THYROCINE_INCOMING_DIR", VAR_DIR / "incoming")),
+    # A sweep has at least this many frames; fewer is a still image.
+    "MIN_FRAMES": int(os.environ.get("VIDEO_MIN_FRAMES", "8")),
+    # Frames larger than this on a side are corrupt headers, not ultrasound.
+    "MAX_FRAME_SIDE": int(os.environ.get("VIDEO_MAX_FRAME_SIDE", "4096")),
+    # Training clips: (height, width) of every frame, grayscale uint8 (docs/ml-interfaces.md).
+    "CLIP_SIZE": tuple(int(v) for v in os.environ.get("CLIP_SIZE", "128,128").split(",")),
+    # Frame store: frames per chunk (the player prefetches a chunk at a time) and JPEG quality.
+    "FRAME_CHUNK_SIZE": int(os.environ.get("FRAME_CHUNK_SIZE", "32")),
+    "FRAME_JPEG_QUALITY": int(os.environ.get("FRAME_JPEG_QUALITY", "90")),
+    "THUMBNAIL_WIDTH": 320,
+    # Largest body of one PATCH of a resumable upload; the browser client sends 8 MiB chunks.
+    "UPLOAD_CHUNK_BYTES": int(os.environ.get("UPLOAD_CHUNK_BYTES", str(64 * 1024**2))),
+    # How NIFTP (a low-risk neoplasm, WHO 2022) enters training: "benign", "malignant" or
+    # "exclude" (kept, but left out of training like indeterminate nodules).
+    "NIFTP_LABEL": os.environ.get("NIFTP_LABEL", "benign"),
 }

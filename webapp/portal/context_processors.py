@@ -1,5 +1,7 @@
 """Navigation entries for the signed-in user, derived from the permission tables."""
 
+from django.conf import settings
+
 from annotations.permissions import PlatformAction, can_platform
 
 
@@ -8,6 +10,8 @@ def navigation(request) -> dict:
     if user is None or not user.is_authenticated:
         return {"nav": {}}
     return {
+        # Websockets only help when workers can reach them (a Redis channel layer).
+        "realtime_websockets": settings.REALTIME_CROSS_PROCESS,
         "nav": {
             "audit": can_platform(user, PlatformAction.VIEW_AUDIT),
             "system": can_platform(user, PlatformAction.ADMINISTER),

@@ -9,8 +9,8 @@ import socket
 from django.db import transaction
 from django.utils import timezone
 
-from webapp.portal.models import WorkerProbe
 from annotations.realtime import group_notify
+from webapp.portal.models import WorkerProbe
 
 QUEUES = ("cpu", "gpu")
 STATUS_GROUP = "system-status"
