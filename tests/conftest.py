@@ -144,6 +144,16 @@ def celery_worker_process(transactional_db, tmp_path, settings):
             app._pool = None
 
 
+def run_coroutine(coroutine):
+    """Run an async test scenario to completion. In its own thread, because Playwright's sync
+    API may already run an event loop in this one."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25):
     """Poll `predicate` until it returns something truthy; fail with a clear message."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,8 @@ def free_port() -> int:
 @pytest.fixture
 def demo_stack(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    dropped = {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(THYROCINE_VAR_DIR=str(tmp_path / "var"), DEMO_PORT=str(port),
                DJANGO_SETTINGS_MODULE="webapp.settings")
     log = tmp_path / "demo.log"

@@ -2,13 +2,11 @@
 subprocess, which writes its result to the database; with Redis, the worker's live update
 reaches a websocket through the Channels layer."""
 
-import asyncio
-
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from tests.conftest import make_user, wait_for
+from tests.conftest import make_user, run_coroutine, wait_for
 from webapp.portal.models import WorkerProbe
 
 pytestmark = pytest.mark.integration
@@ -66,7 +64,7 @@ def test_worker_result_reaches_a_websocket_through_redis(celery_worker_process, 
         await communicator.disconnect()
         return probe, message
 
-    probe, message = asyncio.run(scenario())
+    probe, message = run_coroutine(scenario())
     assert message["id"] == probe.pk and message["queue"] == "gpu"
     assert message["completed_at"] is not None
 
@@ -88,4 +86,4 @@ def test_websocket_refuses_non_administrators(centre_a):
         await communicator.disconnect()
         return connected
 
-    assert asyncio.run(scenario()) is False
+    assert run_coroutine(scenario()) is False
