@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The prepared GPU benchmark: one command for a session that holds a CUDA machine.
+#
+#   bash benchmarks/gpu_bench.sh            # writes benchmarks/results/bench-cuda-<gpu>-paper.{json,md}
+#   OUT_DIR=$OUT bash benchmarks/gpu_bench.sh   # e.g. on the lent machine, to get the files back
+#
+# Paper preset, 32 x 224 x 224 clips, CUDA, bf16 autocast + channels_last_3d, batch 8 and 32,
+# irv2_cam, irv2, r3d_18, x3d_s: every eager row first, then the Grad-CAM latency of one 64-frame
+# video, then the torch.compile'd rows. Installs nothing.
+#
+# Bounded to < 8 minutes: no new row starts after 330 s (--time-budget), and the run is
+# interrupted at 450 s; results are written after every row, so an interrupted run keeps
+# all finished rows (the compiled ones, slowest to prepare, come last).
+#
+# Needs python3 with a CUDA torch, numpy, scipy, tqdm and MONAI. The lent GPU image has all but
+# MONAI (pure Python): carry a copy of it in .whl/ (gitignored), e.g. made here with
+#   mkdir -p .whl && cp -r .venv/lib/python3.11/site-packages/monai .whl/
+# and pass carry [".whl"]; this script puts .whl on PYTHONPATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT_DIR=${OUT_DIR:-benchmarks/results}
+if [ -d .whl ]; then
+  export PYTHONPATH="$PWD/.whl${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+"$PY" - <<'EOF'
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_bench.sh: torch sees no CUDA device")
+try:
+    import monai, scipy, tqdm  # noqa: F401
+except ImportError as exc:
+    sys.exit(f"gpu_bench.sh: {exc} (see the header of this script)")
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+EOF
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+
+timeout --signal=INT --kill-after=15 450 \
+  "$PY" -m ml.bench \
+    --device cuda \
+    --preset paper \
+    --frames 32 --size 224 \
+    --archs irv2_cam irv2 r3d_18 x3d_s \
+    --batch-sizes 8 32 \
+    --dtypes bf16 \
+    --compile \
+    --steps 10 --warmup 3 \
+    --gradcam-frames 64 \
+    --time-budget 330 \
+    --out-dir "$OUT_DIR"

@@ -1,0 +1,263 @@
+"""ml.gradcam: heatmaps on the input grid, hook hygiene, localisation scores; ml.bench on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ml.gradcam import GradCAM, calcification_region, energy_inside_mask, pointing_game
+from ml.models import create_model, gradcam_layer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the CI box has 2 cores shared with other jobs: OpenMP threads that spin-wait for a
+    # busy core make every op several times slower than one thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("irv2_cam", (2, 1, 16, 64, 64)),
+        ("r3d_18", (2, 1, 8, 32, 32)),
+        ("densenet121_3d", (2, 1, 8, 32, 32)),  # in-place ReLU right after the hooked layer
+        ("irv2_2d", (2, 1, 64, 64)),
+        ("resnet18_2d", (2, 1, 32, 32)),
+    ],
+)
+def test_heatmaps_match_the_input_grid_and_hooks_go_away(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    x = torch.rand(shape)
+    with GradCAM(model) as gc:
+        assert _hook_count(model) == 1
+        heat = gc.cam(x)
+    assert _hook_count(model) == 0
+    assert heat.shape == (shape[0],) + shape[2:]
+    assert heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1
+    for clip in heat:  # normalised per clip: each reaches 1 unless the map is flat
+        assert clip.max() == pytest.approx(1) or clip.max() == 0
+    assert gc.logits.shape == (shape[0], 1)
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())  # parameters' grads untouched
+    if name == "irv2_cam":
+        assert [a.shape for a in gc.attention] == [heat.shape, heat.shape]
+        assert all(0 <= a.min() and a.max() <= 1 for a in gc.attention)
+    else:
+        assert gc.attention == []
+
+
+def test_hooks_are_removed_when_the_body_raises():
+    model = create_model("resnet18_2d")
+    with pytest.raises(ZeroDivisionError), GradCAM(model):
+        1 / 0  # noqa: B018
+    assert _hook_count(model) == 0
+
+
+def test_heatmap_follows_the_evidence_in_time_and_space():
+    # a layer with two channels on a 2x coarser grid: channel 0 sees only a patch (frames
+    # 4-5, rows 8-11, cols 16-19 of the input), channel 1 the rest; the logit reads channel 0.
+    # Grad-CAM must light the patch, on the same frame indices as the clip that went in.
+    class Gate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.zeros(1, 2, 6, 16, 16)
+            g[:, 0, 2:3, 4:6, 8:10] = 1
+            g[:, 1] = 1 - g[:, 0]
+            self.register_buffer("g", g)
+
+        def forward(self, x):
+            return x * self.g  # (B, 2, 6, 16, 16)
+
+    class Patch(torch.nn.Module):
+        spatial_dims = 3
+        attention_maps: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.pool = torch.nn.AvgPool3d(2)
+            self.gate = Gate()
+
+        def forward(self, x):
+            a = self.gate(self.pool(x))  # (B, 2, T/2, H/2, W/2)
+            return a[:, 0].mean(dim=(1, 2, 3))[:, None]  # (B, 1)
+
+    model = Patch()
+    with GradCAM(model, layer=model.gate) as gc:
+        heat = gc.cam(torch.rand(1, 1, 12, 32, 32) + 0.1)
+    t, h, w = np.unravel_index(heat[0].argmax(), heat[0].shape)
+    assert 4 <= t <= 5 and 8 <= h < 12 and 16 <= w < 20
+    assert heat[0, :3].max() == 0 and heat[0, 7:].max() == 0
+    assert heat.max() == pytest.approx(1)
+
+
+def test_tensor_call_works_under_inference_mode():
+    model = create_model("r3d_18")
+    with torch.inference_mode(), GradCAM(model) as gc:
+        heat, logits = gc(torch.rand(1, 1, 8, 32, 32))
+    assert heat.shape == (1, 8, 32, 32) and logits.shape == (1, 1)
+    assert gradcam_layer(model) is model.layer4
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _clip_with_marks():
+    mask = np.zeros((2, 6, 32, 32), np.uint8)
+    mask[0, 2, 10:12, 10:12] = 1  # punctate focus, marked on frames 2-3
+    mask[0, 3, 10:12, 11:13] = 1
+    mask[0, 4, 25:30, 0:5] = 4  # comet-tail artefact: not a target
+    mask[1, 1, 20:24, 20:26] = 2  # macrocalcification
+    return mask
+
+
+def test_a_map_on_the_marks_scores_one_and_beats_uniform():
+    mask = _clip_with_marks()
+    _, region = calcification_region(mask, dilate=1)
+    heat = region.astype(np.float32)
+    energy = energy_inside_mask(heat, mask, dilate=1)
+    np.testing.assert_allclose(energy.value, 1.0)
+    assert (energy.uniform < 0.05).all()
+    point = pointing_game(heat, mask, dilate=1)
+    np.testing.assert_allclose(point.value, 1.0)
+    assert (point.uniform < 0.05).all()
+    np.testing.assert_allclose(pointing_game(heat, mask, per="clip").value, 1.0)
+
+
+def test_a_uniform_map_scores_the_uniform_value():
+    mask = _clip_with_marks()
+    heat = np.full(mask.shape, 0.3, np.float32)
+    for score in (
+        energy_inside_mask(heat, mask),
+        energy_inside_mask(heat, mask, dilate=0, frames="all"),
+        pointing_game(heat, mask),
+        pointing_game(heat, mask, dilate=2, per="clip"),
+    ):
+        np.testing.assert_allclose(score.value, score.uniform)
+
+
+def test_scores_count_the_right_frames_and_codes():
+    mask = _clip_with_marks()
+    heat = np.zeros(mask.shape, np.float32)
+    heat[0, 4, 25:30, 0:5] = 1  # all heat on the comet-tail (an unmarked frame for codes 1-3)
+    heat[0, 2, 10, 10] = 0.5  # a little on the focus
+    assert energy_inside_mask(heat, mask).value[0] == pytest.approx(1.0)  # only marked frames
+    assert energy_inside_mask(heat, mask, frames="all").value[0] == pytest.approx(0.5 / 25.5)
+    assert pointing_game(heat, mask, per="clip").value[0] == 0  # the clip's peak is the artefact
+    # frame 2's peak is on the focus, frame 3 is flat (ties split by area)
+    frame3_chance = calcification_region(mask)[1][0, 3].mean()
+    assert pointing_game(heat, mask).value[0] == pytest.approx((1 + frame3_chance) / 2)
+    empty = np.zeros((1, 4, 8, 8), np.uint8)
+    assert np.isnan(energy_inside_mask(np.ones(empty.shape), empty).value).all()
+
+
+def test_dilation_forgives_a_near_miss_but_stays_in_the_frame():
+    mask = np.zeros((1, 3, 16, 16), np.uint8)
+    mask[0, 1, 8, 8] = 1
+    heat = np.zeros(mask.shape)
+    heat[0, 1, 9, 9] = 1  # one pixel off the focus
+    assert pointing_game(heat, mask, dilate=0).value[0] == 0
+    assert pointing_game(heat, mask, dilate=1).value[0] == 1
+    _, region = calcification_region(mask, dilate=1)
+    assert region[0, 0].sum() == 0 and region[0, 1].sum() == 9
+
+
+def test_scores_on_2d_images():
+    mask = np.zeros((3, 16, 16), np.uint8)
+    mask[:2, 4:6, 4:6] = 3
+    heat = np.random.default_rng(0).random(mask.shape)
+    heat[0, 4, 4] = 2.0
+    e, p = energy_inside_mask(heat, mask, dilate=0), pointing_game(heat, mask, dilate=0)
+    assert p.value[0] == 1 and np.isnan(p.value[2]) and np.isnan(e.value[2])
+    assert e.uniform[0] == pytest.approx(4 / 256)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
+    from ml.bench import main, run_benchmark
+
+    rows = run_benchmark(
+        ["irv2_cam", "resnet18_2d"],
+        device="cpu",
+        frames=8,
+        size=32,
+        batch_sizes=(2,),
+        dtypes=("fp32",),
+        compile=(False,),
+        preset="small",
+        out_dir=tmp_path,
+        steps=1,
+        warmup=1,
+        gradcam_frames=8,
+        reference=False,
+    )
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert any(f.endswith(".json") for f in files) and any(f.endswith(".md") for f in files)
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["device"] == "cpu" and report["rows"] == rows
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["arch"] for r in ok} == {"irv2_cam", "resnet18_2d"}
+    for r in ok:
+        assert r["gflops_per_clip"] > 0 and r["train_clips_per_s"] > 0
+        assert r["infer_clips_per_s"] > 0 and r["params_m"] > 0
+    assert report["gradcam"][0]["latency_s"] > 0
+    assert "GFLOPs" in next(tmp_path.glob("*.md")).read_text()
+    # the CLI entry point the platform's `python -m ml bench` calls
+    status = main(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "small",
+            "--frames",
+            "8",
+            "--size",
+            "32",
+            "--archs",
+            "x3d_s",
+            "--batch-sizes",
+            "1",
+            "--dtypes",
+            "fp32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--no-gradcam",
+            "--no-reference",
+            "--out-dir",
+            str(tmp_path / "cli"),
+        ]
+    )
+    assert status == 0
+    assert list((tmp_path / "cli").glob("*.json"))
+
+
+def test_flop_count_matches_the_papers_r3d_18_anchor():
+    from ml.bench import PAPER_ANCHORS, count_model
+
+    # 651 GFLOPs is r3d_18 on 32 x 224 x 224 RGB clips; ours has one input channel, whose
+    # 3 x 7 x 7 stem saves 2 x 2 x 147 x 64 x 32 x 112 x 112 FLOPs = 15.1 GFLOPs
+    counted = count_model("r3d_18", "paper", 32, 224)
+    expected = PAPER_ANCHORS["r3d_18_gflops_per_clip"] - 2 * 2 * 147 * 64 * 32 * 112 * 112 / 1e9
+    assert counted["gflops_per_clip"] == pytest.approx(expected, rel=0.01)
