@@ -3,6 +3,9 @@ services (writes) and selectors (reads); tenancy in `annotations.permissions`.""
 
 from __future__ import annotations
 
+import secrets
+import uuid
+
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -25,6 +28,10 @@ class User(AbstractUser):
         return self.get_full_name() or self.username
 
 
+def new_deid_secret() -> str:
+    return secrets.token_hex(32)
+
+
 class Centre(models.Model):
     """A hospital contributing cases. Every case object belongs to exactly one centre."""
 
@@ -32,6 +39,9 @@ class Centre(models.Model):
     code = models.SlugField(
         max_length=16, unique=True, help_text="Short code used in manifests and pseudonyms."
     )
+    # Seeds the DICOM de-identifier, so that one study's UIDs map to the same new UIDs on every
+    # upload from this centre (and to different ones at another centre). Never shown.
+    deid_secret = models.CharField(max_length=64, default=new_deid_secret, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -139,6 +149,11 @@ class VideoStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class RegionSource(models.TextChoices):
+    DICOM = "dicom", "DICOM ultrasound regions"
+    IMAGE = "image", "Image analysis"
+
+
 def video_upload_path(instance: Video, filename: str) -> str:
     # Content-addressed under the centre: no patient-derived names in storage paths.
     return f"videos/{instance.nodule.patient.centre.code}/{instance.sha256[:2]}/{instance.sha256}"
@@ -151,7 +166,7 @@ class Video(models.Model):
     scan_plane = models.CharField(max_length=16, choices=ScanPlane.choices, default=ScanPlane.SWEEP)
     file = models.FileField(upload_to=video_upload_path, max_length=300, blank=True)
     original_filename = models.CharField(max_length=255, blank=True)
-    sha256 = models.CharField(max_length=64, db_index=True)
+    sha256 = models.CharField(max_length=64, db_index=True, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     container = models.CharField(max_length=16, blank=True)
     codec = models.CharField(max_length=64, blank=True)
@@ -169,12 +184,107 @@ class Video(models.Model):
     )
     uploaded_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # The identified upload while it waits for de-identification: a file name inside the
+    # private incoming folder (settings VAR_DIR), never inside media storage. Emptied once the
+    # de-identified copy is stored; kept (quarantined) when the file cannot be de-identified.
+    incoming_name = models.CharField(max_length=100, blank=True)
+    duplicate_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="duplicates"
+    )
+    # The ultrasound image inside the frame (pixels) and where it came from.
+    region_x = models.PositiveIntegerField(null=True, blank=True)
+    region_y = models.PositiveIntegerField(null=True, blank=True)
+    region_w = models.PositiveIntegerField(null=True, blank=True)
+    region_h = models.PositiveIntegerField(null=True, blank=True)
+    region_source = models.CharField(max_length=16, choices=RegionSource.choices, blank=True)
+    # Frame store: `frames_prefix`/chunk-NNNNN.bin holds `frames_chunk_size` JPEG frames each
+    # (annotations.framestore). `frames_version` grows on every processing, so frame URLs of
+    # one version never change content and may be cached forever.
+    frames_prefix = models.CharField(max_length=200, blank=True)
+    frames_chunk_size = models.PositiveIntegerField(default=0)
+    frames_version = models.PositiveIntegerField(default=0)
+    thumbnail = models.CharField(max_length=200, blank=True)
+    clip = models.CharField(max_length=200, blank=True)
+    clip_shape = models.JSONField(default=list, blank=True)  # [T, H, W]
+    processing_seconds = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-uploaded_at"]
+        constraints = [
+            # One original per content: a second copy is recorded as a failed duplicate that
+            # points at the first, so a race between two workers cannot store it twice.
+            models.UniqueConstraint(
+                fields=["sha256"],
+                condition=models.Q(duplicate_of__isnull=True) & ~models.Q(sha256=""),
+                name="video_sha256_unique_original",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Video {self.pk} of {self.nodule}"
+
+    @property
+    def region(self) -> tuple[int, int, int, int] | None:
+        if self.region_w is None:
+            return None
+        return (self.region_x, self.region_y, self.region_w, self.region_h)
+
+
+class CentreMask(models.Model):
+    """A rectangle a centre blanks in every stored frame: where its scanners burn text (a
+    vendor banner, the patient name) into the image itself. Frame coordinates in pixels;
+    applies to frames of the given size only, or to every size when width/height are empty."""
+
+    centre = models.ForeignKey(Centre, on_delete=models.CASCADE, related_name="masks")
+    label = models.CharField(max_length=100, blank=True)
+    frame_width = models.PositiveIntegerField(null=True, blank=True)
+    frame_height = models.PositiveIntegerField(null=True, blank=True)
+    x = models.PositiveIntegerField()
+    y = models.PositiveIntegerField()
+    w = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    h = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["centre__code", "id"]
+
+    def __str__(self) -> str:
+        rect = f"{self.x},{self.y},{self.w},{self.h}"
+        return f"{self.centre.code} mask {self.label or self.pk} ({rect})"
+
+
+class UploadStatus(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"
+    COMPLETE = "complete", "Complete"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class UploadSession(models.Model):
+    """A resumable upload (tus protocol, https://tus.io/protocols/resumable-upload): the bytes
+    received so far live in the private incoming folder under `id`; `offset` is the truth
+    a client resumes from after a dropped connection."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    nodule = models.ForeignKey(Nodule, on_delete=models.CASCADE, related_name="uploads")
+    scan_plane = models.CharField(max_length=16, choices=ScanPlane.choices, default=ScanPlane.SWEEP)
+    filename = models.CharField(max_length=255, blank=True)
+    length = models.BigIntegerField()
+    offset = models.BigIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=UploadStatus.choices, default=UploadStatus.RECEIVING
+    )
+    video = models.OneToOneField(
+        Video, on_delete=models.SET_NULL, null=True, blank=True, related_name="upload"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Upload {self.id} ({self.offset}/{self.length} bytes)"
 
 
 class PathologyOutcome(models.TextChoices):
@@ -218,7 +328,7 @@ class Diagnosis(models.TextChoices):
 
 class Pathology(models.Model):
     """The reference standard of one nodule; the training label is derived from it by
-    `annotations.services.pathology_training_label`, never stored twice."""
+    `annotations.labels.training_label`, never stored twice."""
 
     nodule = models.OneToOneField(Nodule, on_delete=models.CASCADE, related_name="pathology")
     outcome = models.CharField(max_length=16, choices=PathologyOutcome.choices)

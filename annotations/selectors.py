@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet
 
+from annotations.labels import label_expression
 from annotations.models import (
     AuditEvent,
     Centre,
+    CentreMask,
     Membership,
     Nodule,
     Pathology,
     Patient,
+    UploadSession,
     User,
     Video,
     VideoStatus,
@@ -84,3 +87,90 @@ def centre_summaries(*, user: User) -> QuerySet[Centre]:
 def users_for_membership(*, centre: Centre) -> QuerySet[User]:
     """Active users who could be added to `centre` (not yet members)."""
     return User.objects.filter(is_active=True).exclude(memberships__centre=centre)
+
+
+def centre_masks_for(*, centre_id: int):
+    """A function (frame width, height) -> the centre's mask rectangles for that frame size;
+    for the processing step, which knows no Django."""
+    from ml.video import Region
+
+    rows = list(CentreMask.objects.filter(centre_id=centre_id)
+                .values_list("frame_width", "frame_height", "x", "y", "w", "h"))
+
+    def masks_for(width: int, height: int) -> list[Region]:
+        return [Region(x, y, w, h) for fw, fh, x, y, w, h in rows
+                if (fw is None or fw == width) and (fh is None or fh == height)]
+
+    return masks_for
+
+
+def cases_for_centre(
+    *, user: User, centre: Centre, status: str = "", label: str = "", query: str = ""
+) -> QuerySet[Nodule]:
+    """The centre's nodules (cases) with their label, video counts and progress."""
+    nodules = (
+        nodules_visible_to(user=user)
+        .filter(patient__centre=centre)
+        .select_related("patient", "pathology")
+        .annotate(
+            label=label_expression(),
+            n_videos=Count("videos", distinct=True),
+            n_ready=Count("videos", filter=Q(videos__status=VideoStatus.READY), distinct=True),
+            n_failed=Count("videos", filter=Q(videos__status=VideoStatus.FAILED),
+                           distinct=True),
+            n_pending=Count(
+                "videos",
+                filter=Q(videos__status__in=[VideoStatus.UPLOADED, VideoStatus.PROCESSING]),
+                distinct=True,
+            ),
+        )
+        .order_by("patient__code", "code")
+    )
+    if status == "none":
+        nodules = nodules.filter(n_videos=0)
+    elif status in VideoStatus.values:
+        nodules = nodules.filter(videos__status=status).distinct()
+    if label:
+        nodules = nodules.filter(label=label)
+    if query:
+        nodules = nodules.filter(Q(patient__code__icontains=query) | Q(code__icontains=query))
+    return nodules
+
+
+def case_counts(*, user: User, centre: Centre) -> dict:
+    """Counts for the case list header: nodules by label and videos by status."""
+    nodules = nodules_visible_to(user=user).filter(patient__centre=centre)
+    by_label = dict(
+        nodules.annotate(label=label_expression()).values_list("label")
+        .annotate(n=Count("id")).values_list("label", "n")
+    )
+    by_status = dict(
+        videos_visible_to(user=user).filter(nodule__patient__centre=centre)
+        .values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    return {"labels": by_label, "statuses": by_status, "nodules": sum(by_label.values())}
+
+
+def video_for_frames(*, user: User, video_id: int) -> dict | None:
+    """The few fields a frame request needs, in one query (the player's hot path)."""
+    return (
+        videos_visible_to(user=user)
+        .filter(pk=video_id, status=VideoStatus.READY)
+        .values("id", "frames_prefix", "frames_chunk_size", "frames_version", "frame_count",
+                "thumbnail", "clip")
+        .first()
+    )
+
+
+def nodule_videos(*, user: User, nodule: Nodule) -> QuerySet[Video]:
+    return videos_visible_to(user=user).filter(nodule=nodule).select_related(
+        "duplicate_of", "duplicate_of__nodule__patient", "uploaded_by"
+    ).order_by("uploaded_at", "pk")
+
+
+def uploads_visible_to(*, user: User, action: Action = Action.VIEW) -> QuerySet[UploadSession]:
+    """Upload sessions of visible centres; only their uploader (or someone allowed to delete
+    at the centre) may continue or cancel one, which the services check."""
+    return UploadSession.objects.filter(
+        nodule__patient__centre__in=centres_where(user, action)
+    ).select_related("nodule__patient__centre")

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from annotations import api, views
+from annotations import api, tus, views
 
 router = DefaultRouter()
 router.register("centres", api.CentreViewSet, basename="centre")
@@ -19,7 +19,28 @@ urlpatterns = [
         views.membership_remove,
         name="membership-remove",
     ),
+    path("centres/<slug:code>/cases/", views.case_list, name="case-list"),
+    path("centres/<slug:code>/cases/new/", views.case_new, name="case-new"),
+    path("patients/<int:patient_id>/", views.patient_detail, name="patient-detail"),
+    path("nodules/<int:nodule_id>/", views.nodule_detail, name="nodule-detail"),
+    path("nodules/<int:nodule_id>/videos.json", views.nodule_videos_json,
+         name="nodule-videos-json"),
+    path("nodules/<int:nodule_id>/pathology/", views.pathology_edit, name="pathology-edit"),
+    path("videos/<int:video_id>/", views.video_detail, name="video-detail"),
+    path("videos/<int:video_id>/reprocess/", views.video_reprocess, name="video-reprocess"),
     path("files/videos/<int:video_id>/original", views.video_original, name="video-original"),
+    path("files/videos/<int:video_id>/v<int:version>/frames/<int:index>.jpg",
+         views.video_frame, name="video-frame"),
+    path("files/videos/<int:video_id>/v<int:version>/chunks/<int:chunk>",
+         views.video_chunk, name="video-chunk"),
+    path("files/videos/<int:video_id>/v<int:version>/thumbnail.jpg",
+         views.video_thumbnail, name="video-thumbnail"),
+    path("files/videos/<int:video_id>/v<int:version>/clip.npy",
+         views.video_clip, name="video-clip"),
 ]
 
-api_urlpatterns = [path("", include(router.urls))]
+api_urlpatterns = [
+    path("uploads/", tus.UploadCreateView.as_view(), name="upload-create"),
+    path("uploads/<uuid:upload_id>/", tus.UploadDetailView.as_view(), name="upload-detail"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,191 @@
+"""Turn one de-identified video file into what the platform stores: the frame store (JPEG
+chunks, burned-in text blanked), a thumbnail and the training clip.
+
+One decoding pass, frame by frame, so memory stays bounded whatever the length: decoding,
+the ultrasound region and the clip come from `ml.video` (the same code as `python -m ml
+dataset`, so the platform and the command line make identical clips). No Django here: paths
+and arrays in, a `Processed` out; `annotations.services` stores the files and the row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from annotations.framestore import ChunkWriter
+from ml import video as mlvideo
+from ml.video import ClipBuilder, Region, VideoError, VideoInfo
+
+MasksFor = Callable[[int, int], Iterable[Region]]
+
+
+@dataclass(frozen=True)
+class Options:
+    min_frames: int = 8
+    max_side: int = 4096
+    clip_size: tuple[int, int] = (128, 128)
+    chunk_size: int = 32
+    jpeg_quality: int = 90
+    thumbnail_width: int = 320
+
+
+@dataclass
+class Processed:
+    info: VideoInfo
+    region: Region
+    region_source: str  # "dicom" | "image"
+    masks: list[Region]
+    chunks: list[Path]
+    thumbnail: Path
+    clip: Path
+    clip_shape: tuple[int, int, int]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _header_info(path: Path, container: str, max_side: int) -> tuple[VideoInfo, int]:
+    """What the file says about itself before decoding: (info with frame_count as declared,
+    declared frame count or 0). Frames are counted while decoding."""
+    if container == "dicom":
+        from ml import dicom
+
+        info = dicom.probe(path)
+        return info, info.frame_count
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        code = int(cap.get(cv2.CAP_PROP_FOURCC))
+        codec = code.to_bytes(4, "little").decode("latin-1").strip("\x00 ") or "unknown"
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        fps = fps if np.isfinite(fps) and 0.0 < fps <= 480.0 else 0.0
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+    codec = codec if codec.isprintable() else "unknown"
+    return VideoInfo(container, codec, fps, 0, width, height, 0.0), max(declared, 0)
+
+
+def too_few_frames(count: int, minimum: int) -> VideoError:
+    noun = "frame" if count == 1 else "frames"
+    return VideoError(
+        f"only {count} {noun}; at least {minimum} are needed (a sweep through the nodule, "
+        "not a still image)"
+    )
+
+
+def process_video(
+    path: Path, out_dir: Path, *, masks_for: MasksFor = lambda w, h: (), options: Options
+) -> Processed:
+    """Decode `path` once and write chunk files, `thumbnail.jpg` and `clip.npy` to `out_dir`.
+
+    Raises `VideoError` with a reason a person understands for every unusable file.
+    """
+    t0 = time.perf_counter()
+    container = mlvideo.sniff_format(path)
+    info, declared = _header_info(path, container, options.max_side)
+    frames = mlvideo.iter_frames(path, max_side=options.max_side)
+
+    region = mlvideo.declared_region(path) if container == "dicom" else None
+    region_source = "dicom"
+    head: list[np.ndarray] = []
+    if region is None:
+        region_source = "image"
+        for frame in frames:
+            head.append(frame)
+            if len(head) == mlvideo.REGION_SAMPLE:
+                break
+        if not head:
+            raise VideoError("the video has no frames")
+        region = mlvideo.find_ultrasound_region(head)
+    t_region = time.perf_counter()
+
+    writer = ChunkWriter(out_dir, options.chunk_size)
+    builder: ClipBuilder | None = None
+    masks: list[Region] = []
+    thumb_at = declared // 2 if declared > 0 else 0
+    thumbnail: np.ndarray | None = None
+    quality = [int(cv2.IMWRITE_JPEG_QUALITY), options.jpeg_quality]
+
+    def encode(rgb: np.ndarray) -> bytes:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
+        if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+            raise VideoError("a frame could not be encoded as JPEG")
+        return buf.tobytes()
+
+    def all_frames():
+        yield from head
+        head.clear()
+        yield from frames
+
+    # JPEG encoding runs beside decoding: OpenCV releases the GIL, so on two cores the
+    # frame store costs little more than the decode itself. One frame in flight at most.
+    count = 0
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for frame in all_frames():
+            if builder is None:
+                height, width = frame.shape[:2]
+                masks = [m for m in masks_for(width, height) if m.area]
+                builder = ClipBuilder(region, options.clip_size, masks=masks)
+            frame = np.ascontiguousarray(frame)
+            mlvideo.blank_outside(frame, region, masks, copy=False)
+            builder.add(frame)
+            if count == thumb_at:
+                thumbnail = frame.copy()
+            if pending is not None:
+                writer.add(pending.result())
+            pending = pool.submit(encode, frame)
+            count += 1
+        if pending is not None:
+            writer.add(pending.result())
+    writer.flush()
+    t_decode = time.perf_counter()
+
+    if count == 0 or builder is None:
+        raise VideoError("no frame could be decoded: the file is damaged or its codec is not "
+                         "supported")
+    if container != "dicom" and declared > 0 and count < declared // 2:
+        raise VideoError(
+            f"only {count} of about {declared} frames could be decoded; the file is damaged "
+            "or incomplete"
+        )
+    if count < options.min_frames:
+        raise too_few_frames(count, options.min_frames)
+
+    if thumbnail is None:
+        thumbnail = frame
+    th, tw = thumbnail.shape[:2]
+    scale = min(1.0, options.thumbnail_width / tw)
+    small = cv2.resize(thumbnail, (max(1, round(tw * scale)), max(1, round(th * scale))),
+                       interpolation=cv2.INTER_AREA)
+    thumb_path = out_dir / "thumbnail.jpg"
+    thumb_path.write_bytes(encode(small))
+
+    clip = builder.finish()
+    clip_path = out_dir / "clip.npy"
+    np.save(clip_path, clip)
+
+    fps = info.fps
+    info = VideoInfo(container, info.codec, fps, count, info.width or thumbnail.shape[1],
+                     info.height or thumbnail.shape[0], count / fps if fps else 0.0)
+    t_end = time.perf_counter()
+    return Processed(
+        info=info,
+        region=builder.crop,
+        region_source=region_source,
+        masks=masks,
+        chunks=writer.chunks,
+        thumbnail=thumb_path,
+        clip=clip_path,
+        clip_shape=tuple(int(v) for v in clip.shape),
+        seconds=t_end - t0,
+        timings={"region": t_region - t0, "decode_store": t_decode - t_region,
+                 "finish": t_end - t_decode},
+    )

@@ -1,0 +1,182 @@
+"""Ingestion of real files this project did not write: pydicom's ultrasound test files
+(cine and single frames; uncompressed, RLE, JPEG baseline, JPEG 2000; palette colour, RGB
+and YBR), and MP4/AVI files written at test time from their frames. Checks the decoded frame
+counts, that no identifying header survives, that burned-in text is blanked in stored frames,
+and that the stored clip is the one `ml.video.video_to_clip` makes from the same file."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from django.core.files.storage import default_storage
+
+from annotations import services
+from annotations.conf import incoming_dir
+from annotations.framestore import chunk_name, read_frame
+from annotations.models import CentreMask, VideoStatus
+from ml import video as mlvideo
+from tests.annotations.conftest import dicom_file, write_video
+from tests.factories import CentreFactory, NoduleFactory, PatientFactory
+
+# name -> decoded frames, width, height
+DICOM_CASES = {
+    "examples_ybr_color.dcm": (30, 320, 240),
+    "color3d_jpeg_baseline.dcm": (120, 640, 480),
+    "OBXXXX1A_rle_2frame.dcm": (2, 800, 600),
+    "OBXXXX1A.dcm": (1, 800, 600),
+    "US1_UNCR.dcm": (1, 640, 480),
+    "US1_J2KR.dcm": (1, 640, 480),
+}
+BIRTH_DATE = "19610412"
+
+
+def ingest(path: Path, nodule, **kw):
+    """Upload `path` as the web and import paths do: into the incoming folder, then the
+    worker's service (called here directly)."""
+    incoming = incoming_dir() / f"{uuid.uuid4()}.upload"
+    shutil.copyfile(path, incoming)
+    video = services.video_register(nodule=nodule, incoming=incoming, filename=path.name,
+                                    enqueue=False, **kw)
+    services.video_process(video=video)
+    video.refresh_from_db()
+    return video
+
+
+def stored_frame(video, index: int) -> np.ndarray:
+    chunk, position = divmod(index, video.frames_chunk_size)
+    with default_storage.open(f"{video.frames_prefix}/{chunk_name(chunk)}", "rb") as f:
+        data = read_frame(f, position)
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture
+def nodule(db, storage, settings):
+    settings.THYROCINE = {**settings.THYROCINE, "MIN_FRAMES": 1}
+    centre = CentreFactory(code="US", name="Ultrasound test centre")
+    return NoduleFactory(patient=PatientFactory(centre=centre, code="US-P001"), code="N1")
+
+
+@pytest.mark.parametrize("name", list(DICOM_CASES))
+def test_dicom_is_decoded_deidentified_and_stored(nodule, name, copy_to):
+    frames, width, height = DICOM_CASES[name]
+    src = copy_to(dicom_file(name))
+    ds = pydicom.dcmread(src)
+    original = {k: str(ds.get(k, "")) for k in
+                ("PatientName", "PatientID", "InstitutionName", "StudyInstanceUID",
+                 "SOPInstanceUID")}
+    ds.PatientBirthDate = BIRTH_DATE
+    ds.save_as(src)
+
+    video = ingest(src, nodule)
+
+    assert video.status == VideoStatus.READY, video.failure_reason
+    assert (video.frame_count, video.width, video.height) == (frames, width, height)
+    assert video.container == "dicom"
+    assert not video.incoming_name and not any(incoming_dir().iterdir())
+    stored = pydicom.dcmread(default_storage.path(video.file.name))
+    assert str(stored.PatientName) == "US-P001" and stored.PatientID == "US-P001"
+    assert stored.get("PatientBirthDate", "") == ""
+    assert stored.PatientIdentityRemoved == "YES"
+    raw = Path(default_storage.path(video.file.name)).read_bytes()
+    for key, value in original.items():
+        if value:
+            assert value.encode() not in raw, f"{key} {value!r} survived de-identification"
+            assert str(stored.get(key, "")) != value
+    assert BIRTH_DATE.encode() not in raw
+    # The de-identified file still decodes to the same pixels.
+    assert len(list(mlvideo.iter_frames(default_storage.path(video.file.name)))) == frames
+    # Every frame is in the store, addressable by index.
+    assert stored_frame(video, frames - 1).shape == (height, width, 3)
+    clip = np.load(default_storage.path(video.clip))
+    assert clip.shape == (frames, 128, 128) and clip.dtype == np.uint8
+    same, _ = mlvideo.video_to_clip(default_storage.path(video.file.name), (128, 128),
+                                    min_frames=1)
+    np.testing.assert_array_equal(clip, same)
+
+
+def test_uids_are_remapped_consistently_per_centre(db, storage, settings, copy_to):
+    settings.THYROCINE = {**settings.THYROCINE, "MIN_FRAMES": 1}
+    a = NoduleFactory(patient=PatientFactory(centre=CentreFactory(code="UA")))
+    a2 = NoduleFactory(patient=a.patient)
+    b = NoduleFactory(patient=PatientFactory(centre=CentreFactory(code="UB")))
+    src = dicom_file("US1_UNCR.dcm")
+    study = str(pydicom.dcmread(src).StudyInstanceUID)
+    uids = []
+    for i, nodule in enumerate([a, a2, b]):
+        copy = copy_to(src, f"copy{i}.dcm")
+        ds = pydicom.dcmread(copy)
+        ds.SeriesDescription = f"copy {i}"  # another file (another SHA-256), same study
+        ds.save_as(copy)
+        video = ingest(copy, nodule)
+        assert video.status == VideoStatus.READY, video.failure_reason
+        uids.append(str(pydicom.dcmread(default_storage.path(video.file.name)).StudyInstanceUID))
+    assert study not in uids
+    assert uids[0] == uids[1], "one centre maps one study to one new UID"
+    assert uids[0] != uids[2], "another centre maps it to another UID"
+
+
+def test_burned_in_text_of_obxxxx1a_is_blanked(nodule, copy_to):
+    src = copy_to(dicom_file("OBXXXX1A.dcm"))
+    original = next(mlvideo.iter_frames(src))
+    video = ingest(src, nodule)
+    assert video.status == VideoStatus.READY, video.failure_reason
+    assert video.region_source == "dicom" and video.region == (120, 60, 680, 459)
+    frame = stored_frame(video, 0)
+    # The banner with the patient ID (top) and the settings column (left) carry text.
+    for area in (np.s_[0:55, :], np.s_[60:260, 0:115]):
+        assert original[area].max() > 200, "the test file should show burned-in text there"
+        assert frame[area].max() < 40 and frame[area].mean() < 1.0
+    # The image itself is kept.
+    x, y, w, h = video.region
+    assert np.abs(frame[y + 10 : y + 90, 340:560].astype(int)
+                  - original[y + 10 : y + 90, 340:560]).mean() < 3
+
+
+def test_burned_in_text_of_us1_is_blanked_with_the_centres_banner_mask(nodule, copy_to):
+    # GE prints the institution, patient and clock in a banner above the image; the centre
+    # declares it once (scanner banners sit where the vendor puts them).
+    CentreMask.objects.create(centre=nodule.patient.centre, label="GE banner",
+                              frame_width=640, frame_height=480, x=0, y=0, w=640, h=100)
+    src = copy_to(dicom_file("US1_UNCR.dcm"))
+    original = next(mlvideo.iter_frames(src))
+    video = ingest(src, nodule)
+    assert video.status == VideoStatus.READY, video.failure_reason
+    frame = stored_frame(video, 0)
+    banner = np.s_[0:100, :]  # "BAPTIST MED CTR", IDs, time
+    caption = np.s_[355:380, 230:380]  # "LYMPH NODE", below the image
+    footer = np.s_[440:475, 380:640]  # "TIS<0.4 MI=0.8 ..."
+    for area in (banner, caption, footer):
+        assert original[area].max() > 200
+        assert frame[area].max() < 40 and frame[area].mean() < 1.0
+    thumb = default_storage.open(video.thumbnail).read()
+    thumb = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert thumb[: thumb.shape[0] * 100 // 480 - 2].max() < 40
+
+
+@pytest.mark.parametrize("suffix,fourcc", [(".mp4", "mp4v"), (".avi", "MJPG")])
+def test_plain_video_files_from_dicom_frames(nodule, tmp_path, suffix, fourcc, settings):
+    settings.THYROCINE = {**settings.THYROCINE, "MIN_FRAMES": 8}
+    frames = np.stack(list(mlvideo.iter_frames(dicom_file("examples_ybr_color.dcm"))))
+    path = write_video(tmp_path / f"sweep{suffix}", frames, fps=30.0, fourcc=fourcc)
+    video = ingest(path, nodule)
+    assert video.status == VideoStatus.READY, video.failure_reason
+    assert video.container == suffix[1:] and video.frame_count == 30
+    assert (video.width, video.height) == (320, 240) and abs(video.fps - 30.0) < 0.01
+    assert video.region_source == "image"
+    # Frame N is the Nth decoded frame.
+    decoded = list(mlvideo.iter_frames(default_storage.path(video.file.name)))
+    for index in (0, 17, 29):
+        region = np.s_[video.region_y : video.region_y + video.region_h,
+                       video.region_x : video.region_x + video.region_w]
+        diff = np.abs(stored_frame(video, index)[region].astype(int) - decoded[index][region])
+        assert diff.mean() < 4
+    clip = np.load(default_storage.path(video.clip))
+    same, _ = mlvideo.video_to_clip(default_storage.path(video.file.name), (128, 128))
+    np.testing.assert_array_equal(clip, same)
