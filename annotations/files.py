@@ -35,3 +35,30 @@ def protected_file_response(
     # Private: shared caches (proxies) must never keep patient images.
     response["Cache-Control"] = f"private, max-age={max_age}" if max_age else "private, no-cache"
     return response
+
+
+def login_or_token_required(view):
+    """Like `login_required`, but an API client may also authenticate with its token
+    (`Authorization: Token <key>`), so the frame URLs the API hands out work for it too."""
+    from functools import wraps
+
+    from django.contrib.auth.views import redirect_to_login
+    from rest_framework.authentication import TokenAuthentication
+    from rest_framework.exceptions import AuthenticationFailed
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_authenticated and request.headers.get("Authorization"):
+            try:
+                result = TokenAuthentication().authenticate(request)
+            except AuthenticationFailed:
+                result = None
+            if result is None:
+                return HttpResponse("Invalid token.", status=401,
+                                    headers={"WWW-Authenticate": "Token"})
+            request.user = result[0]
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapped

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from annotations import labels, services
 from annotations.conf import human_bytes, setting
-from annotations.files import protected_file_response
+from annotations.files import login_or_token_required, protected_file_response
 from annotations.forms import CaseForm, MembershipForm, PathologyForm
 from annotations.framestore import chunk_name, read_frame
 from annotations.models import AuditAction, Pathology, ScanPlane, VideoStatus
@@ -165,7 +165,7 @@ def case_new(request, code: str):
         except services.ValidationError as exc:
             form.add_error(None, str(exc))
         else:
-            url = reverse("nodule-detail", args=[nodule.pk])
+            url = reverse("nodule-page", args=[nodule.pk])
             if wants_json:
                 return JsonResponse({"nodule": nodule.pk, "url": url,
                                      "scan_plane": data["scan_plane"]}, status=201)
@@ -222,7 +222,7 @@ def nodule_videos_json(request, nodule_id: int):
     """The nodule's videos and their status, for the page to poll (or after a push)."""
     nodule = get_object_or_404(nodules_visible_to(user=request.user), pk=nodule_id)
     return JsonResponse({"videos": [
-        {**services.video_status_data(v), "url": reverse("video-detail", args=[v.pk]),
+        {**services.video_status_data(v), "url": reverse("video-page", args=[v.pk]),
          "filename": v.original_filename}
         for v in nodule_videos(user=request.user, nodule=nodule)
     ]})
@@ -258,7 +258,7 @@ def video_reprocess(request, video_id: int):
         return HttpResponseForbidden(str(exc))
     except services.ValidationError as exc:
         messages.error(request, str(exc))
-    return redirect("video-detail", video_id=video.pk)
+    return redirect("video-page", video_id=video.pk)
 
 
 @login_required
@@ -281,7 +281,7 @@ def pathology_edit(request, nodule_id: int):
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Pathology of {nodule} saved.")
-            return redirect("nodule-detail", nodule_id=nodule.pk)
+            return redirect("nodule-page", nodule_id=nodule.pk)
     return render(request, "annotations/pathology_form.html",
                   {"nodule": nodule, "patient": nodule.patient, "form": form})
 
@@ -310,7 +310,7 @@ def _frames_of(request, video_id: int, version: int) -> dict:
     return video
 
 
-@login_required
+@login_or_token_required
 def video_frame(request, video_id: int, version: int, index: int):
     video = _frames_of(request, video_id, version)
     if index >= (video["frame_count"] or 0):
@@ -324,7 +324,7 @@ def video_frame(request, video_id: int, version: int, index: int):
     return _cached(request, f'"{video_id}-{version}-{index}"', read, "image/jpeg")
 
 
-@login_required
+@login_or_token_required
 def video_chunk(request, video_id: int, version: int, chunk: int):
     """`chunk_size` consecutive frames in one response (format: annotations/framestore.py)."""
     video = _frames_of(request, video_id, version)
@@ -343,7 +343,7 @@ def video_chunk(request, video_id: int, version: int, chunk: int):
     return response
 
 
-@login_required
+@login_or_token_required
 def video_thumbnail(request, video_id: int, version: int):
     video = _frames_of(request, video_id, version)
 
@@ -354,7 +354,7 @@ def video_thumbnail(request, video_id: int, version: int):
     return _cached(request, f'"{video_id}-{version}-thumb"', read, "image/jpeg")
 
 
-@login_required
+@login_or_token_required
 def video_clip(request, video_id: int, version: int):
     """The training clip (.npy, (T, H, W) uint8): data-set material, so the export right."""
     video = get_object_or_404(videos_visible_to(user=request.user).select_related(

@@ -213,3 +213,79 @@ def test_inactive_and_anonymous_users_see_nothing(scenario):
     assert not can(user, Action.VIEW, scenario["a"]["centre"])
     assert not can(AnonymousUser(), Action.VIEW, scenario["a"]["centre"])
     assert APIClient().get("/api/patients/").status_code in (401, 403)
+
+
+# --- Case pages, frame store and ingestion endpoints ----------------------------------------
+# object URL -> the action it needs beyond viewing (None: viewing is enough), and the method.
+# Other centres' objects answer 404; a visible object without the right answers 403.
+CASE_URLS = {
+    "patient page": ("/patients/{patient}/", None, "get"),
+    "nodule page": ("/nodules/{nodule}/", None, "get"),
+    "nodule videos.json": ("/nodules/{nodule}/videos.json", None, "get"),
+    "video page": ("/videos/{video}/", None, "get"),
+    "frame": ("/files/videos/{video}/v1/frames/1.jpg", None, "get"),
+    "chunk": ("/files/videos/{video}/v1/chunks/0", None, "get"),
+    "thumbnail": ("/files/videos/{video}/v1/thumbnail.jpg", None, "get"),
+    "case list": ("/centres/{centre}/cases/", None, "get"),
+    "pathology form": ("/nodules/{nodule}/pathology/", "change", "get"),
+    "new case form": ("/centres/{centre}/cases/new/", "create", "get"),
+    "training clip": ("/files/videos/{video}/v1/clip.npy", "export", "get"),
+    "reprocess (page)": ("/videos/{video}/reprocess/", "change", "post"),
+    "reprocess (API)": ("/api/videos/{video}/reprocess/", "change", "post"),
+}
+
+
+@pytest.fixture
+def framed_scenario(scenario, storage):
+    """Centre A's video with a real (tiny) frame store, thumbnail, clip and upload."""
+    import cv2
+    import numpy as np
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from annotations.framestore import ChunkWriter
+
+    video = scenario["a"]["video"]
+    folder = storage["media"] / "frames" / "CA" / str(video.pk) / "v1"
+    folder.mkdir(parents=True)
+    writer = ChunkWriter(folder, 32)
+    for value in (10, 200):
+        writer.add(cv2.imencode(".jpg", np.full((8, 8, 3), value, np.uint8))[1].tobytes())
+    writer.flush()
+    (folder / "thumbnail.jpg").write_bytes(writer.chunks[0].read_bytes()[-200:])
+    np.save(folder / "clip.npy", np.zeros((2, 4, 4), np.uint8))
+    video.file.save("x", ContentFile(b"\x00\x00\x00\x18ftypmp42"), save=False)
+    prefix = f"frames/CA/{video.pk}/v1"
+    video.frames_prefix, video.frames_chunk_size, video.frames_version = prefix, 32, 1
+    video.frame_count, video.thumbnail, video.clip = 2, f"{prefix}/thumbnail.jpg", \
+        f"{prefix}/clip.npy"
+    video.save()
+    assert default_storage.exists(video.clip)
+    return scenario
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("relation", RELATIONS)
+@pytest.mark.parametrize("name", list(CASE_URLS))
+def test_case_urls_follow_policy(framed_scenario, role, relation, name, client,
+                                 django_capture_on_commit_callbacks):
+    tree = framed_scenario["a"]
+    template, needs, method = CASE_URLS[name]
+    url = template.format(patient=tree["patient"].pk, nodule=tree["nodule"].pk,
+                          video=tree["video"].pk, centre=tree["centre"].code)
+    user = framed_scenario["user_for"](role, relation)
+    client.force_login(user)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = getattr(client, method)(url)
+    allowed = ALLOWED[(role, relation)]
+    if "view" not in allowed:
+        expected = 404
+    elif needs is None or needs in allowed:
+        expected = {"post": (302, 202)}.get(method, (200,))
+    else:
+        expected = (403,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert response.status_code in expected, (name, response.status_code)
+    if name == "frame" and response.status_code == 200:
+        assert response["Content-Type"] == "image/jpeg"
+        assert response["Cache-Control"] == "private, max-age=31536000, immutable"
