@@ -2,8 +2,10 @@
 
 Transfer syntaxes: native (uncompressed), RLE, JPEG baseline/extended/lossless and JPEG 2000
 through pydicom's decoders and the pylibjpeg plugins; photometric interpretations
-MONOCHROME1/2, RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT and PALETTE COLOR. Every frame comes
-out as RGB uint8 (H, W, 3), one at a time, so a long cine never sits in memory whole.
+MONOCHROME1/2, RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT and PALETTE COLOR. DICOM video
+(MPEG-2, H.264, HEVC transfer syntaxes: one encapsulated stream, which pydicom does not
+decode) goes to FFmpeg through OpenCV. Every frame comes out as RGB uint8 (H, W, 3), one at a
+time, so a long cine never sits in memory whole.
 
 Colour: pydicom 3 decodes with `raw=True` and reports the colour space of what it returned
 (JPEG decoders hand back YCbCr untouched; JPEG 2000 decoders have already undone the
@@ -17,17 +19,20 @@ Decoding only: de-identification is the platform's job.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, as_pixel_options, get_decoder, iter_pixels
 from pydicom.pixels.processing import convert_color_space
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MPEGTransferSyntaxes
 
 from ml.video import Region, VideoError, VideoInfo
 
@@ -85,10 +90,12 @@ def _check_pixels(ds: Dataset, file_size: int) -> None:
     missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation") if k not in ds]
     if missing:
         raise VideoError(f"the DICOM file lacks {', '.join(missing)}, so its image is unusable")
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    if ts in MPEGTransferSyntaxes:
+        return  # a video stream: FFmpeg decodes it, whatever its colour model says
     pi = str(ds.PhotometricInterpretation).strip()
     if pi not in _SUPPORTED_PI:
         raise VideoError(f"the DICOM colour model {pi!r} is not supported")
-    ts = UID(ds.file_meta.TransferSyntaxUID)
     try:
         decoder = get_decoder(ts)
     except NotImplementedError:
@@ -277,6 +284,9 @@ def iter_frames(path: PathLike, *, header: Dataset | None = None) -> Iterator[np
     ts = UID(ds.file_meta.TransferSyntaxUID)
     pi = str(ds.PhotometricInterpretation).strip()
     n = number_of_frames(ds)
+    if ts in MPEGTransferSyntaxes:
+        yield from _iter_video_stream(ds, n)
+        return
     convert = _Frames(ds)
     if ts.is_encapsulated:
         decoder = get_decoder(ts)
@@ -297,3 +307,36 @@ def iter_frames(path: PathLike, *, header: Dataset | None = None) -> Iterator[np
                 f"frame {i + 1} of {n} could not be decoded; the DICOM file is damaged ({e})"
             ) from e
         yield convert.rgb(arr, str(changes.get("photometric_interpretation", pi)))
+
+
+def _iter_video_stream(ds: Dataset, n: int) -> Iterator[np.ndarray]:
+    """Frames of a DICOM video (an MPEG-2, H.264 or HEVC stream, possibly fragmented).
+
+    The stream goes to a temporary file for FFmpeg, which finds its format by probing (an
+    elementary stream, a program stream or an MP4, as encapsulation tools write them).
+    """
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    try:
+        stream = b"".join(generate_fragments(ds.PixelData))
+    except (ValueError, TypeError) as e:
+        raise VideoError(f"the DICOM video stream is damaged ({e})") from e
+    with tempfile.NamedTemporaryFile(prefix="dicom-video-", suffix=".bin") as tmp:
+        tmp.write(stream)
+        tmp.flush()
+        del stream
+        cap = cv2.VideoCapture(tmp.name, cv2.CAP_FFMPEG)
+        try:
+            ok, frame = cap.read() if cap.isOpened() else (False, None)
+            if not ok:
+                raise VideoError(f"the DICOM video stream ({ts.name}) could not be decoded")
+            count = 0
+            while ok:
+                count += 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                ok, frame = cap.read(frame)
+        finally:
+            cap.release()
+    if count < n:
+        # Number of Frames is mandatory but the stream is what is shown; a short stream
+        # is a damaged or truncated export
+        raise VideoError(_INCOMPLETE.format(detail=f"only {count} of {n} frames are present"))

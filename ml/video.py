@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -428,18 +429,25 @@ def probe_video(
     return VideoInfo(container, codec, fps, count, width, height, count / fps if fps else 0.0)
 
 
-def _frames(path: PathLike, max_side: int) -> tuple[Iterator[np.ndarray], str, str]:
-    """(frames, channel order "bgr" | "rgb", container); validates before the first frame."""
+class _Source(NamedTuple):
+    frames: Iterator[np.ndarray]
+    order: str  # channel order of the frames: "bgr" (OpenCV) or "rgb" (DICOM)
+    container: str
+    declared: Region | None  # the image region the file declares (DICOM)
+
+
+def _open_source(path: PathLike, max_side: int) -> _Source:
+    """Validate `path` and start decoding it; errors come before the first frame."""
     p = Path(path)
     container = sniff_format(p)
     if container == "dicom":
         from ml import dicom
 
-        info = dicom.probe(p)
-        _check_size(info.width, info.height, max_side)
-        return dicom.iter_frames(p), "rgb", container
+        ds = dicom.read_header(p)
+        _check_size(int(ds.Columns), int(ds.Rows), max_side)
+        return _Source(dicom.iter_frames(p, header=ds), "rgb", container, dicom.image_region(ds))
     cap = _open(p, container, max_side)
-    return _read_all(cap, container), "bgr", container
+    return _Source(_read_all(cap, container), "bgr", container, None)
 
 
 def _read_all(cap: cv2.VideoCapture, container: str) -> Iterator[np.ndarray]:
@@ -457,7 +465,7 @@ def _read_all(cap: cv2.VideoCapture, container: str) -> Iterator[np.ndarray]:
 def iter_frames(path: PathLike, *, max_side: int = MAX_SIDE) -> Iterator[np.ndarray]:
     """Every frame of the video in decoding order as RGB uint8 (H, W, 3); frame N is the
     Nth decoded frame. Raises `VideoError` before the first frame for unusable files."""
-    frames, order, _ = _frames(path, max_side)
+    frames, order, _, _ = _open_source(path, max_side)
     if order == "rgb":
         yield from frames
         return
@@ -672,9 +680,8 @@ def video_to_clip(
     `find_ultrasound_region` on the first `REGION_SAMPLE` frames (kept in grayscale while
     the region is found, then streamed). `masks` are blanked before resizing.
     """
-    frames, order, container = _frames(path, max_side)
-    if region is None and container == "dicom":
-        region = declared_region(path)
+    frames, order, _, declared = _open_source(path, max_side)
+    region = region or declared
     head: list[np.ndarray] = []
     if region is None:
         for frame in frames:
