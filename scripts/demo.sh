@@ -11,6 +11,17 @@ mkdir -p var
 $PY manage.py migrate --noinput
 $PY manage.py seed_demo
 
+# Synthetic cases for the demo centres C1 and C2 (ml.synthetic: real MP4 sweeps with burned-in
+# fake names), imported as a hospital's manifest would be; the worker started below processes
+# them. A restart imports nothing twice (import_cases skips files it already has).
+CASES="${THYROCINE_VAR_DIR:-var}/demo-cases"
+if [ ! -f "$CASES/manifest.csv" ]; then
+  echo "Generating synthetic demo cases in $CASES ..."
+  $PY -m ml.synthetic "$CASES" --centres 2 --nodules 4 --seed 0 --frames 32 >/dev/null 2>&1
+fi
+$PY manage.py import_cases "$CASES/manifest.csv" --no-progress \
+  || echo "import_cases rejected some demo rows (reasons above)" >&2
+
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
