@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime as dt
 import gc
 import json
@@ -87,6 +88,13 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS (glibc), so that memory an earlier row freed but malloc
+    kept is not silently reused by the next row without raising its RSS peak."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory (MiB) above what was allocated at `start()`; see the module docstring."""
 
@@ -114,6 +122,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         elif self.method.startswith("VmHWM"):
+            _malloc_trim()
             self._reset_hwm()
             self._base = _status_kb("VmRSS") * 1024
         else:
@@ -448,8 +457,8 @@ def _bench_row(arch: str, c: dict, dtype: str, comp: bool, bs: int, ctx: dict, b
             )
         )
         gf = c["gflops_per_clip"]
-        row["train_tflops"] = round(3 * gf * row["train_clips_per_s"] / 1e3, 3)
-        row["infer_tflops"] = round(gf * row["infer_clips_per_s"] / 1e3, 3)
+        row["train_tflops"] = round(3 * gf * row["train_clips_per_s"] / 1e3, 6)
+        row["infer_tflops"] = round(gf * row["infer_clips_per_s"] / 1e3, 6)
         row["status"] = "ok"
     except torch.cuda.OutOfMemoryError:
         row["status"] = "out of memory"
@@ -672,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="skip the remaining rows after S seconds",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--out-dir", default="benchmarks/results")
     return p
 
@@ -681,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

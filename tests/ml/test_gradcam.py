@@ -197,7 +197,7 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
     from ml.bench import main, run_benchmark
 
     rows = run_benchmark(
-        ["irv2_cam", "resnet18_2d"],
+        ["irv2_cam"],
         device="cpu",
         frames=8,
         size=32,
@@ -216,7 +216,7 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert report["device"] == "cpu" and report["rows"] == rows
     ok = [r for r in rows if r["status"] == "ok"]
-    assert {r["arch"] for r in ok} == {"irv2_cam", "resnet18_2d"}
+    assert {r["arch"] for r in ok} == {"irv2_cam"}
     for r in ok:
         assert r["gflops_per_clip"] > 0 and r["train_clips_per_s"] > 0
         assert r["infer_clips_per_s"] > 0 and r["params_m"] > 0
@@ -234,9 +234,9 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
             "--size",
             "32",
             "--archs",
-            "x3d_s",
+            "resnet18_2d",
             "--batch-sizes",
-            "1",
+            "2",
             "--dtypes",
             "fp32",
             "--steps",
