@@ -49,6 +49,68 @@ class Processed:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class ClipWriter:
+    """Streams the training clip to `path` (.npy) with bounded memory.
+
+    `ml.video.ClipBuilder` standardises every frame (the same code as the dataset builder);
+    a fresh builder every `batch` frames hands its frames to a raw file, so a 10,000-frame
+    video never holds its whole clip in memory twice. `finish` writes the .npy."""
+
+    def __init__(self, path: Path, region: Region, size: tuple[int, int], masks,
+                 batch: int = 256):
+        self.path, self.region, self.size, self.masks = path, region, size, list(masks)
+        self.batch = batch
+        self.raw_path = path.with_suffix(".raw")
+        self.raw = self.raw_path.open("wb")
+        self.builder: ClipBuilder | None = None
+        self.count = 0
+        self.crop = region
+        self.shape: tuple[int, int] | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = frame.shape[:2]
+        elif frame.shape[:2] != self.shape:  # ClipBuilder checks this within one batch only
+            raise VideoError(
+                f"the frame size changes within the video (frame {self.count + len(self)} is "
+                f"{frame.shape[1]} x {frame.shape[0]}, the first was "
+                f"{self.shape[1]} x {self.shape[0]})"
+            )
+        if self.builder is None:
+            self.builder = ClipBuilder(self.region, self.size, masks=self.masks)
+        self.builder.add(frame)
+        if len(self.builder) >= self.batch:
+            self._flush()
+
+    def __len__(self) -> int:
+        return len(self.builder) if self.builder is not None else 0
+
+    def _flush(self) -> None:
+        if self.builder is not None and len(self.builder):
+            frames = self.builder.finish()  # (n, H, W) uint8
+            self.raw.write(frames.tobytes())
+            self.count += len(frames)
+            self.crop = self.builder.crop
+        self.builder = None
+
+    def finish(self) -> tuple[int, int, int]:
+        self._flush()
+        self.raw.close()
+        h, w = self.size
+        shape = (self.count, h, w)
+        clip = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=shape)
+        step = max(1, (64 * 1024 * 1024) // (h * w))
+        with self.raw_path.open("rb") as raw:
+            for start in range(0, self.count, step):
+                n = min(step, self.count - start)
+                clip[start : start + n] = np.frombuffer(raw.read(n * h * w), np.uint8).reshape(
+                    n, h, w)
+        clip.flush()
+        del clip
+        self.raw_path.unlink()
+        return shape
+
+
 def _header_info(path: Path, container: str, max_side: int) -> tuple[VideoInfo, int]:
     """What the file says about itself before decoding: (info with frame_count as declared,
     declared frame count or 0). Frames are counted while decoding."""
@@ -107,7 +169,7 @@ def process_video(
     t_region = time.perf_counter()
 
     writer = ChunkWriter(out_dir, options.chunk_size)
-    builder: ClipBuilder | None = None
+    builder: ClipWriter | None = None
     masks: list[Region] = []
     thumb_at = declared // 2 if declared > 0 else 0
     thumbnail: np.ndarray | None = None
@@ -133,7 +195,7 @@ def process_video(
             if builder is None:
                 height, width = frame.shape[:2]
                 masks = [m for m in masks_for(width, height) if m.area]
-                builder = ClipBuilder(region, options.clip_size, masks=masks)
+                builder = ClipWriter(out_dir / "clip.npy", region, options.clip_size, masks)
             frame = np.ascontiguousarray(frame)
             mlvideo.blank_outside(frame, region, masks, copy=False)
             builder.add(frame)
@@ -168,9 +230,7 @@ def process_video(
     thumb_path = out_dir / "thumbnail.jpg"
     thumb_path.write_bytes(encode(small))
 
-    clip = builder.finish()
-    clip_path = out_dir / "clip.npy"
-    np.save(clip_path, clip)
+    clip_shape = builder.finish()
 
     fps = info.fps
     info = VideoInfo(container, info.codec, fps, count, info.width or thumbnail.shape[1],
@@ -183,8 +243,8 @@ def process_video(
         masks=masks,
         chunks=writer.chunks,
         thumbnail=thumb_path,
-        clip=clip_path,
-        clip_shape=tuple(int(v) for v in clip.shape),
+        clip=builder.path,
+        clip_shape=clip_shape,
         seconds=t_end - t0,
         timings={"region": t_region - t0, "decode_store": t_decode - t_region,
                  "finish": t_end - t_decode},
