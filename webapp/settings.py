@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "channels",
     "annotations",
     "webapp.portal",
+    "webapp.training",
 ]
 
 MIDDLEWARE = [
@@ -152,6 +153,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "webapp" / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # vendor/plotly.min.js from the installed plotly package (never a CDN).
+    "webapp.training.staticfiles.PlotlyFinder",
+]
 # In development WhiteNoise serves straight from the apps' static folders (no collectstatic).
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
@@ -242,6 +249,11 @@ CELERY_TASK_ROUTES = {
     "inference.*": {"queue": "gpu"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Periodic jobs, for deployments that run `celery -A webapp beat` (the demo does not: there
+# the pages and every worker start-up run the same check).
+CELERY_BEAT_SCHEDULE = {
+    "training-reap-stale-runs": {"task": "training.reap_stale", "schedule": 60.0},
+}
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -318,4 +330,16 @@ THYROCINE = {
     # How NIFTP (a low-risk neoplasm, WHO 2022) enters training: "benign", "malignant" or
     # "exclude" (kept, but left out of training like indeterminate nodules).
     "NIFTP_LABEL": os.environ.get("NIFTP_LABEL", "benign"),
+}
+
+# Training runs, the model registry and predictions (webapp/training/conf.py has the defaults).
+THYROCINE_TRAINING = {
+    # Run directories (checkpoints, logs) and exported snapshots; a shared volume when GPU
+    # hosts may resume each other's runs.
+    "DIR": Path(os.environ.get("THYROCINE_TRAINING_DIR", VAR_DIR / "training")),
+    # A running run stamps its row this often; one silent for STALE_AFTER_SECONDS is failed
+    # (its worker died) and can be resumed from its last checkpoint.
+    "HEARTBEAT_SECONDS": float(os.environ.get("TRAINING_HEARTBEAT_SECONDS", "2")),
+    "STALE_AFTER_SECONDS": float(os.environ.get("TRAINING_STALE_AFTER_SECONDS", "60")),
+    "MAX_GPUS": int(os.environ.get("TRAINING_MAX_GPUS", "8")),
 }

@@ -5,10 +5,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
 from annotations.urls import api_urlpatterns
+from webapp.training.urls import api_urlpatterns as training_api_urlpatterns
 
 urlpatterns = [
     path("", include("webapp.portal.urls")),
     path("", include("annotations.urls")),
+    path("", include("webapp.training.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
@@ -22,6 +24,7 @@ urlpatterns = [
         name="password_change_done",
     ),
     path("admin/", admin.site.urls),
+    path("api/training/", include(training_api_urlpatterns)),
     path("api/", include(api_urlpatterns)),
     path("api/auth/token/", obtain_auth_token, name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

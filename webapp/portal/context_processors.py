@@ -16,5 +16,7 @@ def navigation(request) -> dict:
             "audit": can_platform(user, PlatformAction.VIEW_AUDIT),
             "system": can_platform(user, PlatformAction.ADMINISTER),
             "admin_site": can_platform(user, PlatformAction.ADMINISTER),
+            "training": can_platform(user, PlatformAction.TRAIN)
+            or can_platform(user, PlatformAction.PROMOTE),
         }
     }

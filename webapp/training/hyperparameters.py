@@ -1,0 +1,176 @@
+"""The hyperparameters a user may set for a run, their types and ranges, and the checks that
+refuse a configuration before it reaches a worker: values out of range, an input the
+architecture cannot take, a snapshot with too few cases of a class.
+
+Everything not listed keeps the preset's value (`ml.train.PRESETS`, `ml.train.TrainConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    help: str = ""
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param("epochs", int, 1, 1000, "Upper bound; early stopping may end the run sooner."),
+    Param("batch_size", int, 2, 512, "Clips per GPU per step."),
+    Param("lr", float, 1e-7, 1.0, "AdamW peak learning rate."),
+    Param("weight_decay", float, 0.0, 1.0, "AdamW weight decay."),
+    Param("warmup_epochs", float, 0.0, 100.0, "Linear warm-up before the cosine decay."),
+    Param("frames", int, 2, 256, "Frames sampled per sweep (3D models)."),
+    Param("size", int, 16, 512, "Model input side in pixels."),
+    Param("patience", int, 0, 1000, "Stop after this many epochs without a better "
+                                     "validation AUROC (0: never)."),
+    Param("grad_accum", int, 1, 128, "Micro-batches per optimiser step."),
+    Param("attention_loss_weight", float, 0.0, 10.0,
+          "Weight of the attention supervision (used when cases have calcification masks)."),
+    Param("seed", int, 0, 2**31 - 1, "Model initialisation, sampling and augmentation."),
+    Param("augment", bool, help="Training augmentation."),
+    Param("num_workers", int, 0, 64, "Data loader processes per GPU."),
+    Param("log_every", int, 1, 100000, "Optimiser steps between loss points."),
+)
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; `errors` maps a field (or "__all__") to reasons."""
+
+    def __init__(self, errors: Mapping[str, list[str]]):
+        self.errors = {k: list(v) for k, v in errors.items()}
+        super().__init__(" ".join(m for msgs in self.errors.values() for m in msgs))
+
+
+def defaults(preset: str) -> dict:
+    """The effective value of every listed parameter under `preset`."""
+    from ml.train import make_config
+
+    cfg = make_config(preset)
+    return {p.name: getattr(cfg, p.name) for p in PARAMETERS}
+
+
+def coerce(values: Mapping) -> tuple[dict, dict[str, list[str]]]:
+    """(typed values, errors) for user input; unknown names and out-of-range values are
+    errors. None means "the preset's value" and is dropped."""
+    clean, errors = {}, {}
+    for name, raw in values.items():
+        param = BY_NAME.get(name)
+        if param is None:
+            errors.setdefault(name, []).append(
+                f"{name} cannot be set here; settable: {', '.join(BY_NAME)}.")
+            continue
+        if raw is None or raw == "":
+            continue
+        try:
+            if param.kind is bool:
+                if not isinstance(raw, bool):
+                    raise ValueError
+                value = raw
+            elif param.kind is int:
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError
+                value = int(raw)
+            else:
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw)
+        except (TypeError, ValueError):
+            errors.setdefault(name, []).append(f"{name} must be a {param.kind.__name__}.")
+            continue
+        if param.minimum is not None and value < param.minimum:
+            errors.setdefault(name, []).append(f"{name} must be at least {param.minimum}.")
+        elif param.maximum is not None and value > param.maximum:
+            errors.setdefault(name, []).append(f"{name} must be at most {param.maximum}.")
+        else:
+            clean[name] = value
+    return clean, errors
+
+
+@functools.lru_cache(maxsize=256)
+def input_refusal(arch: str, preset: str, frames: int, size: int) -> str | None:
+    """Why `arch` cannot take clips of `frames` x `size` x `size`, or None when it can.
+
+    The network is built and run on PyTorch's meta device: shapes are checked, nothing is
+    computed or allocated, so this costs well under a second even for the paper's sizes.
+    """
+    import torch
+
+    from ml.models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(arch, config=preset).eval()
+            dims = int(getattr(model, "spatial_dims", 3))
+            shape = (1, 1, frames, size, size) if dims == 3 else (1, 1, size, size)
+            model(torch.zeros(shape))
+    except (RuntimeError, ValueError) as exc:
+        what = f"{frames} frames of {size} x {size} pixels" if dims == 3 else \
+            f"key frames of {size} x {size} pixels"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"{arch} ({preset}) cannot take {what}: {first}. Use a larger input size "
+                "(or more frames).")
+    return None
+
+
+def split_refusal(counts: Mapping, min_per_class: int) -> str | None:
+    """ml.train's own rule for too few cases of a class in train or val, on a snapshot's
+    frozen counts ({split: {n, benign, malignant}})."""
+    from ml.data import DataError
+    from ml.train import check_splits
+
+    records = [SimpleNamespace(split=split, label=label)
+               for split, c in counts.items()
+               for label, key in ((0, "benign"), (1, "malignant"))
+               for _ in range(int(c.get(key, 0)))]
+    try:
+        check_splits(records, min_per_class)
+    except DataError as exc:
+        return f"The snapshot cannot train this model: {exc}"
+    return None
+
+
+def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gpus: int,
+          counts: Mapping | None) -> dict:
+    """The clean hyperparameters, or ConfigError with every reason found."""
+    from ml.models import MODEL_NAMES
+    from ml.train import PRESETS, make_config
+
+    errors: dict[str, list[str]] = {}
+    if arch not in MODEL_NAMES:
+        errors["arch"] = [f"Unknown architecture {arch!r}; choose from {', '.join(MODEL_NAMES)}."]
+    if preset not in PRESETS:
+        errors["preset"] = [f"Unknown preset {preset!r}; choose from {', '.join(PRESETS)}."]
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= max_gpus:
+        errors["gpus"] = [f"The number of GPUs must be between 1 and {max_gpus}."]
+    clean, value_errors = coerce(hyperparameters)
+    errors.update(value_errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        cfg = make_config(preset, arch=arch, **clean)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError({"__all__": [str(exc)]}) from exc
+    if refusal := input_refusal(arch, preset, cfg.frames, cfg.size):
+        field = "size" if "size" in clean or "frames" not in clean else "frames"
+        raise ConfigError({field: [refusal]})
+    if counts is not None and (refusal := split_refusal(counts, cfg.min_per_class)):
+        raise ConfigError({"snapshot": [refusal]})
+    return clean
+
+
+def effective(preset: str, arch: str, hyperparameters: Mapping) -> dict:
+    """The whole TrainConfig a run will use, for display."""
+    from ml.train import make_config
+
+    return dataclasses.asdict(make_config(preset, arch=arch, **hyperparameters))
