@@ -154,6 +154,22 @@ def run_coroutine(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
+def websocket_for(user, path: str):
+    """A Channels test communicator for `path`, signed in as `user` through a real session
+    cookie, so that consumers authorise exactly as they do for a browser."""
+    from channels.testing import WebsocketCommunicator
+    from django.test import Client
+
+    from webapp.asgi import application
+
+    client = Client()
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    return WebsocketCommunicator(
+        application, path, headers=[(b"cookie", cookie), (b"origin", b"http://localhost")]
+    )
+
+
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25):
     """Poll `predicate` until it returns something truthy; fail with a clear message."""
     deadline = time.monotonic() + timeout

@@ -3,10 +3,9 @@ subprocess, which writes its result to the database; with Redis, the worker's li
 reaches a websocket through the Channels layer."""
 
 import pytest
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from tests.conftest import make_user, run_coroutine, wait_for
+from tests.conftest import make_user, run_coroutine, wait_for, websocket_for
 from webapp.portal.models import WorkerProbe
 
 pytestmark = pytest.mark.integration
@@ -37,28 +36,20 @@ def test_worker_result_reaches_a_websocket_through_redis(celery_worker_process, 
                                                          settings):
     if not settings.REDIS_URL:
         pytest.skip("live updates across processes need Redis (REDIS_URL); pages poll without")
-    from webapp.asgi import application
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
     from webapp.portal.services import probe_send
 
-    admin = make_user("platform_admin", centre_a)
-    client = Client()
-    client.force_login(admin)
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    communicator = websocket_for(make_user("platform_admin", centre_a), "/ws/system/")
+
+    def send():
+        with transaction.atomic():
+            return probe_send(queue="gpu")
 
     async def scenario():
-        communicator = WebsocketCommunicator(
-            application, "/ws/system/",
-            headers=[(b"cookie", cookie.encode()), (b"origin", b"http://localhost")],
-        )
         connected, _ = await communicator.connect()
         assert connected
-        from asgiref.sync import sync_to_async
-        from django.db import transaction
-
-        def send():
-            with transaction.atomic():
-                return probe_send(queue="gpu")
-
         probe = await sync_to_async(send)()
         message = await communicator.receive_json_from(timeout=90)
         await communicator.disconnect()
@@ -70,18 +61,9 @@ def test_worker_result_reaches_a_websocket_through_redis(celery_worker_process, 
 
 
 def test_websocket_refuses_non_administrators(centre_a):
-    from webapp.asgi import application
-
-    annotator = make_user("annotator", centre_a)
-    client = Client()
-    client.force_login(annotator)
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    communicator = websocket_for(make_user("annotator", centre_a), "/ws/system/")
 
     async def scenario():
-        communicator = WebsocketCommunicator(
-            application, "/ws/system/",
-            headers=[(b"cookie", cookie.encode()), (b"origin", b"http://localhost")],
-        )
         connected, _ = await communicator.connect()
         await communicator.disconnect()
         return connected

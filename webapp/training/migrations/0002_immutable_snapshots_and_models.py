@@ -52,14 +52,16 @@ def forwards(apps, schema_editor):
     statements = {"postgresql": POSTGRES_UP, "sqlite": SQLITE_UP}.get(
         schema_editor.connection.vendor, [])
     for statement in statements:
-        schema_editor.execute(statement)
+        # params=None: the PL/pgSQL '%' is a format placeholder of RAISE, not of the driver.
+        schema_editor.execute(statement, params=None)
 
 
 def backwards(apps, schema_editor):
     statements = {"postgresql": POSTGRES_DOWN, "sqlite": SQLITE_DOWN}.get(
         schema_editor.connection.vendor, [])
     for statement in statements:
-        schema_editor.execute(statement)
+        # params=None: the PL/pgSQL '%' is a format placeholder of RAISE, not of the driver.
+        schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):
