@@ -407,3 +407,95 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.username} {self.action} {self.object_repr}"
+
+
+# --- Annotation workspace: per-annotator annotations, review and consensus -----------------
+
+
+class AnnotationState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SUBMITTED = "submitted", "Submitted"
+    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    ACCEPTED = "accepted", "Accepted"
+
+
+class Annotation(models.Model):
+    """One person's labels of one video (nodule track, calcification marks, TI-RADS), or the
+    reviewer's consensus (`is_consensus`), which is what training uses once accepted.
+
+    `data` holds the document of docs/annotation-format.md, validated by
+    `annotations.annotation_format`. `version` grows on every save: a write based on an older
+    version is refused (optimistic locking), so two browsers never overwrite each other."""
+
+    video = models.ForeignKey(Video, on_delete=models.CASCADE, related_name="annotations")
+    annotator = models.ForeignKey(
+        User, on_delete=models.PROTECT, related_name="annotations", null=True, blank=True
+    )
+    is_consensus = models.BooleanField(default=False)
+    state = models.CharField(
+        max_length=20, choices=AnnotationState.choices, default=AnnotationState.DRAFT,
+        db_index=True,
+    )
+    version = models.PositiveIntegerField(default=1)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["video_id", "-is_consensus", "annotator__username"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["video", "annotator"], condition=models.Q(is_consensus=False),
+                name="one_annotation_per_annotator_video",
+            ),
+            models.UniqueConstraint(
+                fields=["video"], condition=models.Q(is_consensus=True),
+                name="one_consensus_per_video",
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "video"])]
+
+    def __str__(self) -> str:
+        who = "consensus" if self.is_consensus else str(self.annotator)
+        return f"Annotation {self.pk} of video {self.video_id} ({who})"
+
+
+class ReviewComment(models.Model):
+    """A reviewer's comment pinned to a frame of the annotated video."""
+
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    frame = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Comment on frame {self.frame} of {self.annotation}"
+
+
+class ReviewerAssignment(models.Model):
+    """A member of a centre who reviews annotations there besides its administrators."""
+
+    centre = models.ForeignKey(Centre, on_delete=models.CASCADE, related_name="reviewers")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="review_assignments")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["centre", "user"], name="one_reviewer_row")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} reviews at {self.centre.code}"

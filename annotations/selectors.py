@@ -174,3 +174,71 @@ def uploads_visible_to(*, user: User, action: Action = Action.VIEW) -> QuerySet[
     return UploadSession.objects.filter(
         nodule__patient__centre__in=centres_where(user, action)
     ).select_related("nodule__patient__centre")
+
+
+# --- Annotation workspace -------------------------------------------------------------------
+
+
+def review_centres(*, user: User) -> QuerySet[Centre]:
+    """Centres where `user` reviews annotations: where they manage the centre (centre and
+    platform administrators) or are an assigned reviewer (and still a member who may view)."""
+    from annotations.models import ReviewerAssignment
+
+    assigned = ReviewerAssignment.objects.filter(
+        user=user, centre__in=centres_where(user, Action.VIEW)
+    ).values("centre_id") if user.is_authenticated else Centre.objects.none().values("pk")
+    return Centre.objects.filter(
+        Q(pk__in=centres_where(user, Action.MANAGE_MEMBERS).values("pk")) | Q(pk__in=assigned)
+    )
+
+
+def annotations_visible_to(*, user: User):
+    """Annotations of visible videos that `user` may read: their own, every consensus, and
+    everything at centres where they review or may export data sets (ML engineers). Annotators
+    do not see each other's work, so that agreement measures independent reads."""
+    from annotations.models import Annotation
+
+    centre = "video__nodule__patient__centre__in"
+    return Annotation.objects.filter(
+        video__in=videos_visible_to(user=user).values("pk")
+    ).filter(
+        Q(annotator=user) | Q(is_consensus=True)
+        | Q(**{centre: review_centres(user=user).values("pk")})
+        | Q(**{centre: centres_where(user, Action.EXPORT).values("pk")})
+    ).select_related("annotator", "video__nodule__patient__centre")
+
+
+def consensus_annotations_for(*, user: User | None = None, centre: Centre | None = None,
+                              videos=None):
+    """Accepted consensus annotations: what training uses (one per video at most).
+    `user=None` is trusted server code (data-set snapshots); otherwise tenancy applies."""
+    from annotations.models import Annotation, AnnotationState
+
+    rows = Annotation.objects.filter(is_consensus=True, state=AnnotationState.ACCEPTED)
+    if user is not None:
+        rows = rows.filter(video__in=videos_visible_to(user=user).values("pk"))
+    if centre is not None:
+        rows = rows.filter(video__nodule__patient__centre=centre)
+    if videos is not None:
+        rows = rows.filter(video__in=videos)
+    return rows.select_related("video")
+
+
+def review_queue(*, user: User, centre: Centre) -> list[dict]:
+    """Videos of `centre` with annotations, for its reviewers: each video's annotations,
+    submitted ones first."""
+    from annotations.models import AnnotationState
+
+    rows = annotations_visible_to(user=user).filter(
+        video__nodule__patient__centre=centre
+    ).select_related("video__nodule__patient", "annotator").order_by("video_id", "pk")
+    by_video: dict[int, dict] = {}
+    for a in rows:
+        entry = by_video.setdefault(a.video_id, {"video": a.video, "annotations": [],
+                                                 "consensus": None, "waiting": 0})
+        if a.is_consensus:
+            entry["consensus"] = a
+        else:
+            entry["annotations"].append(a)
+            entry["waiting"] += a.state == AnnotationState.SUBMITTED
+    return sorted(by_video.values(), key=lambda e: (-e["waiting"], e["video"].pk))

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from annotations import api, tus, views
+from annotations import api, api_annotations, tus, views, views_annotation
 
 router = DefaultRouter()
 router.register("centres", api.CentreViewSet, basename="centre")
@@ -28,6 +28,13 @@ urlpatterns = [
     path("nodules/<int:nodule_id>/pathology/", views.pathology_edit, name="pathology-edit"),
     path("videos/<int:video_id>/", views.video_detail, name="video-page"),
     path("videos/<int:video_id>/reprocess/", views.video_reprocess, name="video-reprocess"),
+    path("videos/<int:video_id>/annotate/", views_annotation.video_annotate,
+         name="video-annotate"),
+    path("annotations/<int:annotation_id>/", views_annotation.annotation_workspace,
+         name="annotation-workspace"),
+    path("centres/<slug:code>/review/", views_annotation.review_queue_page, name="review-queue"),
+    path("centres/<slug:code>/agreement/", views_annotation.agreement_page,
+         name="agreement"),
     path("files/videos/<int:video_id>/original", views.video_original, name="video-original"),
     path("files/videos/<int:video_id>/v<int:version>/frames/<int:index>.jpg",
          views.video_frame, name="video-frame"),
@@ -42,5 +49,15 @@ urlpatterns = [
 api_urlpatterns = [
     path("uploads/", tus.UploadCreateView.as_view(), name="upload-create"),
     path("uploads/<uuid:upload_id>/", tus.UploadDetailView.as_view(), name="upload-detail"),
+    path("videos/<int:video_id>/annotations/", api_annotations.video_annotations,
+         name="api-video-annotations"),
+    path("annotations/<int:annotation_id>/", api_annotations.annotation_detail,
+         name="api-annotation-detail"),
+    path("annotations/<int:annotation_id>/transition/", api_annotations.annotation_transition,
+         name="api-annotation-transition"),
+    path("annotations/<int:annotation_id>/export.<str:kind>", api_annotations.annotation_export,
+         name="api-annotation-export"),
+    path("annotations/<int:annotation_id>/import/", api_annotations.annotation_import,
+         name="api-annotation-import"),
     path("", include(router.urls)),
 ]
