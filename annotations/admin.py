@@ -5,7 +5,16 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from annotations import selectors
-from annotations.models import AuditEvent, Centre, Membership, Nodule, Patient, User, Video
+from annotations.models import (
+    AuditEvent,
+    Centre,
+    CentreMask,
+    Membership,
+    Nodule,
+    Patient,
+    User,
+    Video,
+)
 from annotations.permissions import PlatformAction, can_platform
 
 
@@ -67,6 +76,20 @@ class VideoAdmin(PlatformAdminOnly):
 
     def get_queryset(self, request):
         return selectors.videos_visible_to(user=request.user)
+
+
+@admin.register(CentreMask)
+class CentreMaskAdmin(PlatformAdminOnly):
+    """Rectangles each centre's stored frames are blanked in (vendor banners inside the
+    image); they apply to videos processed (or reprocessed) after the change."""
+
+    list_display = ("centre", "label", "frame_width", "frame_height", "x", "y", "w", "h")
+    list_filter = ("centre",)
+
+    def get_queryset(self, request):
+        return CentreMask.objects.filter(
+            centre__in=selectors.centres_visible_to(user=request.user)
+        )
 
 
 @admin.register(AuditEvent)

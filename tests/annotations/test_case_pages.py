@@ -130,3 +130,14 @@ def test_api_creates_cases_through_the_same_rules(db, centre_a, centre_b):
                                            "outcome": "malignant", "source": "fna",
                                            "bethesda": "VI"}, format="json")
     assert good.status_code == 201 and good.json()["training_label"] == 1
+
+
+@pytest.mark.parametrize("role,status", [("platform_admin", 200), ("centre_admin", 302)])
+def test_centre_masks_are_administered_on_the_admin_site(db, client, centre_a, role, status):
+    from annotations.models import CentreMask
+
+    CentreMask.objects.create(centre=centre_a, label="GE banner", x=0, y=0, w=640, h=100)
+    client.force_login(make_user(role, centre_a))
+    response = client.get("/admin/annotations/centremask/")
+    assert response.status_code == status
+    assert (b"GE banner" in response.content) is (status == 200)

@@ -1,0 +1,271 @@
+"""Ingestion benchmark: how the whole processing of a video compares with the time OpenCV
+needs just to decode it, and the memory the web and worker processes need for a 2 GB upload.
+
+    .venv/bin/python benchmarks/ingest.py                 # 60 s, 30 fps, 1280x720 MP4
+    .venv/bin/python benchmarks/ingest.py --big-gb 2      # and a 2 GB upload, received and
+                                                          # processed in separate processes
+
+1. Writes a 60-second, 30 fps, 1280x720 MP4 (MPEG-4 Part 2, what OpenCV writes): a speckle
+   texture sliding under the probe, per-frame noise, a static banner with a fake name.
+2. The decode floor: `cv2.VideoCapture.read()` over every frame, nothing else (measured before
+   and after the processing run; the mean is reported).
+3. The whole processing, as the worker runs it (`annotations.services.video_process`): SHA-256,
+   duplicate check, magic bytes, de-identification into storage, one decoding pass with region
+   detection, blanking, the JPEG frame store, thumbnail and training clip, and the row update.
+4. With --big-gb: a Motion-JPEG AVI of that size is streamed into a resumable upload session
+   (`services.upload_append`, 64 MiB per PATCH as the tus endpoint receives it) by one process
+   and processed by another; each reports its peak resident memory (ru_maxrss).
+
+Everything runs in a temporary folder with its own SQLite database; results go to stdout and
+to --out as JSON. Record the figures in docs/benchmarks.md with the machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def speckle_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A log-compressed Rayleigh speckle field, larger than the frame so it can slide."""
+    rng = np.random.default_rng(seed)
+    field = rng.normal(size=(height, width)) + 1j * rng.normal(size=(height, width))
+    amp = np.abs(field).astype(np.float32)
+    amp = cv2.GaussianBlur(amp, (0, 0), sigmaX=2.5, sigmaY=1.2)
+    depth = np.linspace(1.0, 0.45, height, dtype=np.float32)[:, None]
+    img = 40 * np.log1p(6 * amp * depth)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_sweep(path: Path, *, frames: int, fps: float, size: tuple[int, int], fourcc: str,
+                quality: int | None = None, max_bytes: int | None = None) -> int:
+    """Write a synthetic sweep; stops at `frames` or once the file reaches `max_bytes`."""
+    width, height = size
+    texture = speckle_texture(height + 64, width + 4 * 600)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if quality is not None:
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality)
+    if not writer.isOpened():
+        raise SystemExit(f"OpenCV cannot write {fourcc} to {path}")
+    rng = np.random.default_rng(1)
+    top = 64
+    n = 0
+    try:
+        while n < frames:
+            x = (4 * n) % 2400  # the probe slides 4 px a frame
+            image = texture[:height - top, x : x + width - 160]
+            noise = rng.integers(-6, 7, image.shape, dtype=np.int16)
+            frame = np.zeros((height, width, 3), np.uint8)
+            pixels = np.clip(image + noise, 0, 255).astype(np.uint8)
+            frame[top:, 80 : width - 80] = pixels[..., None]
+            cv2.putText(frame, "DOE^JANE  ID 0042-7781  2024-03-05", (20, 40),
+                        cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+            writer.write(frame)
+            n += 1
+            if max_bytes and n % 100 == 0 and path.stat().st_size >= max_bytes:
+                break
+    finally:
+        writer.release()
+    return n
+
+
+def decode_floor(path: Path) -> tuple[float, int]:
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    t0 = time.perf_counter()
+    n = 0
+    ok, frame = cap.read()
+    while ok:
+        n += 1
+        ok, frame = cap.read(frame)
+    seconds = time.perf_counter() - t0
+    cap.release()
+    return seconds, n
+
+
+def django_setup(var: Path) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    os.environ["THYROCINE_VAR_DIR"] = str(var)
+    os.environ["MEDIA_ROOT"] = str(var / "media")
+    os.environ["DATABASE_URL"] = f"sqlite:///{var / 'bench.sqlite3'}"
+    os.environ.pop("REDIS_URL", None)
+    os.environ["LOG_LEVEL"] = "WARNING"
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+
+
+def make_nodule():
+    from annotations.models import Centre, Nodule, Patient
+
+    centre, _ = Centre.objects.get_or_create(code="BENCH", defaults={"name": "Benchmark"})
+    patient = Patient.objects.create(centre=centre, code=f"B-{time.time_ns()}")
+    return Nodule.objects.create(patient=patient, code="N1")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# --- child processes for the memory measurement ---------------------------------------------
+
+
+def child_receive(var: Path, source: Path) -> dict:
+    """The web side: stream `source` into an upload session, 64 MiB per PATCH."""
+    django_setup(var)
+    from annotations import services
+    from annotations.models import User
+
+    user, _ = User.objects.get_or_create(username="bench", platform_role="platform_admin")
+    nodule = make_nodule()
+    size = source.stat().st_size
+    upload = services.upload_create(user=user, nodule=nodule, length=size, filename=source.name)
+    patch = 64 * 1024 * 1024
+    t0 = time.perf_counter()
+    with source.open("rb") as stream:
+        offset = 0
+        while offset < size:
+            upload = services.upload_append(upload=upload, offset=offset, stream=stream,
+                                            max_bytes=patch)
+            offset = upload.offset
+    upload.refresh_from_db()
+    return {"video": upload.video_id, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(), "bytes": size}
+
+
+def child_process(var: Path, video_id: int) -> dict:
+    """The worker side: process the uploaded video."""
+    django_setup(var)
+    from annotations import services
+    from annotations.models import Video
+
+    video = Video.objects.get(pk=video_id)
+    t0 = time.perf_counter()
+    services.video_process(video=video)
+    video.refresh_from_db()
+    return {"status": video.status, "reason": video.failure_reason,
+            "frames": video.frame_count, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                         text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "opencv": cv2.__version__, "load_average": os.getloadavg()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--big-gb", type=float, default=0.0,
+                        help="also measure memory with an upload of this many GB")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ingest.json")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        mode, var, arg = args.child
+        result = (child_receive(Path(var), Path(arg)) if mode == "receive"
+                  else child_process(Path(var), int(arg)))
+        print(json.dumps(result))
+        return
+
+    width, height = (int(v) for v in args.size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="thyrocine-bench-"))
+    report: dict = {"machine": machine(), "command": " ".join(["benchmarks/ingest.py",
+                                                               *(argv or sys.argv[1:])])}
+    try:
+        var = tmp / "var"
+        django_setup(var)
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        from annotations import services
+        from annotations.conf import incoming_dir
+
+        video_path = tmp / "sweep.mp4"
+        t0 = time.perf_counter()
+        n = write_sweep(video_path, frames=round(args.seconds * args.fps), fps=args.fps,
+                        size=(width, height), fourcc="mp4v")
+        print(f"wrote {n} frames, {video_path.stat().st_size / 1e6:.1f} MB in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+        floor_before, frames = decode_floor(video_path)
+        print(f"decode floor: {floor_before:.2f} s for {frames} frames", flush=True)
+        incoming = incoming_dir() / "bench.upload"
+        shutil.copyfile(video_path, incoming)
+        video = services.video_register(nodule=make_nodule(), incoming=incoming,
+                                        filename="sweep.mp4", enqueue=False)
+        t0 = time.perf_counter()
+        services.video_process(video=video)
+        total = time.perf_counter() - t0
+        video.refresh_from_db()
+        assert video.status == "ready", video.failure_reason
+        floor_after, _ = decode_floor(video_path)
+        floor = (floor_before + floor_after) / 2
+        report["video"] = {"frames": frames, "size": args.size, "fps": args.fps,
+                           "bytes": video_path.stat().st_size}
+        report["decode_floor_s"] = [round(floor_before, 2), round(floor_after, 2)]
+        report["processing_s"] = round(total, 2)
+        report["decode_and_store_s"] = video.processing_seconds
+        report["ratio"] = round(total / floor, 2)
+        print(f"whole processing: {total:.2f} s = {total / floor:.2f} x the decode floor "
+              f"({floor:.2f} s)", flush=True)
+
+        if args.big_gb:
+            big = tmp / "big.avi"
+            t0 = time.perf_counter()
+            n = write_sweep(big, frames=10**9, fps=args.fps, size=(width, height),
+                            fourcc="MJPG", quality=100, max_bytes=int(args.big_gb * 1e9))
+            print(f"wrote {big.stat().st_size / 1e9:.2f} GB ({n} frames) in "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            received = run_child("--child", "receive", str(var), str(big))
+            print(f"received in {received['seconds']:.0f} s, web peak "
+                  f"{received['peak_rss_mb']:.0f} MB", flush=True)
+            processed = run_child("--child", "process", str(var), str(received["video"]))
+            print(f"processed {processed['frames']} frames in {processed['seconds']:.0f} s "
+                  f"({processed['status']} {processed['reason']}), worker peak "
+                  f"{processed['peak_rss_mb']:.0f} MB", flush=True)
+            report["big_upload"] = {"bytes": received["bytes"], "frames": processed["frames"],
+                                    "receive": received, "process": processed}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
