@@ -111,6 +111,8 @@ def _check_pixels(ds: Dataset, file_size: int) -> None:
         bits = int(ds.get("BitsAllocated", 8))
         spp = int(ds.get("SamplesPerPixel", 1))
         pixels = int(ds.Rows) * int(ds.Columns) * spp * frames
+        if pi == "YBR_FULL_422":  # stored with the chroma halved: 2 samples a pixel
+            pixels = pixels * 2 // 3
         expected = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
         length = getattr(raw, "length", None)
         tell = getattr(raw, "value_tell", None)

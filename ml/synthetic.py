@@ -532,6 +532,26 @@ def _paste_code(dst: np.ndarray, on: np.ndarray, y: int, x: int, code: int) -> N
         dst[ya:yb, xa:xb][on[ya - y : yb - y, xa - x : xb - x]] = code
 
 
+def _wobble(frames: np.ndarray, mask: np.ndarray, boxes: np.ndarray, rng) -> None:
+    """A hand-held sweep is not a straight line: shift each frame by a smooth drift of a few
+    pixels (whole pixels, so tiny foci stay sharp), masks and boxes with it. In place."""
+    T, h, w = frames.shape
+    knots = np.linspace(0, T - 1, 4)
+    dx = np.rint(np.interp(np.arange(T), knots, rng.uniform(-4, 4, 4))).astype(int)
+    dy = np.rint(np.interp(np.arange(T), knots, rng.uniform(-2, 2, 4))).astype(int)
+    for t in range(T):
+        if dx[t] == 0 and dy[t] == 0:
+            continue
+        m = np.float32([[1, 0, dx[t]], [0, 1, dy[t]]])
+        frames[t] = cv2.warpAffine(frames[t], m, (w, h), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_REFLECT)
+        mask[t] = cv2.warpAffine(mask[t], m, (w, h), flags=cv2.INTER_NEAREST,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        boxes[t] += (dx[t], dy[t], dx[t], dy[t])
+    np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+
+
 def _trapezoid(h: int, w: int) -> np.ndarray:
     """Virtual-convex image: narrower at the skin line."""
     mask = np.zeros((h, w), np.uint8)
@@ -573,6 +593,7 @@ def render_sweep(
     gray *= 20.0 * 255.0 / style.dynamic_range_db
     gray += style.brightness
     frames = np.clip(gray, 0, 255, out=gray).astype(np.uint8)
+    _wobble(frames, mask, boxes, rng)
     if style.trapezoid:
         keep = _trapezoid(h, w)
         frames[:, ~keep] = 0

@@ -240,9 +240,14 @@ def _check_boxes(f, size: int) -> None:
             (box_size,) = struct.unpack_from(">Q", hdr, 8)
         elif box_size == 0:  # "extends to the end of the file"
             box_size = size - pos
-        if box_size < 8:
-            raise VideoError("the file is damaged (an invalid MP4/MOV box size)")
+        complete = {b"moov", b"mdat"} <= seen
+        if box_size < 8 or not kind.isalnum() and kind not in (b"\xa9day", b"uuid"):
+            if complete:
+                break  # junk after a complete movie (some tools pad files): harmless
+            raise VideoError("the file is damaged (its MP4/MOV structure is invalid)")
         if pos + box_size > size:
+            if complete and kind not in (b"moov", b"mdat"):
+                break  # a cut-short trailing free/skip/meta box: the movie is whole
             name = kind.decode("latin-1")
             raise VideoError(_INCOMPLETE.format(detail=f"its '{name}' section is cut short"))
         seen.add(kind)

@@ -35,6 +35,7 @@ def _testfile(name: str) -> Path:
         ("OBXXXX1A.dcm", 1, (600, 800, 3), "Explicit VR Little Endian"),
         ("US1_UNCR.dcm", 1, (480, 640, 3), "Explicit VR Little Endian"),
         ("US1_J2KR.dcm", 1, (480, 640, 3), "JPEG 2000 Image Compression (Lossless Only)"),
+        ("gdcm-US-ALOKA-16.dcm", 1, (480, 640, 3), "Implicit VR Little Endian"),  # 16-bit LUT
     ],
 )
 def test_real_files_decode(name, frames, shape, syntax):
@@ -86,11 +87,14 @@ def test_colour_spaces_are_converted_once():
     us1 = next(dicom.iter_frames(_testfile("US1_UNCR.dcm"))).astype(int)
     doppler = us1[(us1[..., 0] - us1[..., 2]) > 80]
     assert len(doppler) > 2000 and (doppler[:, 0] >= doppler[:, 1]).mean() > 0.95
-    # native YBR_FULL
+    # native YBR_FULL, and the same picture stored 4:2:2 (chroma halved)
     ybr = next(dicom.iter_frames(_testfile("SC_ybr_full_uncompressed.dcm")))
     raw = pydicom.pixels.pixel_array(_testfile("SC_ybr_full_uncompressed.dcm"), raw=True)
     expected = pydicom.pixels.convert_color_space(raw, "YBR_FULL", "RGB")
     np.testing.assert_array_equal(ybr, expected)
+    assert np.ptp(ybr.reshape(-1, 3), axis=0).min() > 200  # a colour test pattern
+    ybr422 = next(dicom.iter_frames(_testfile("SC_ybr_full_422_uncompressed.dcm")))
+    np.testing.assert_array_equal(ybr422, ybr)
 
 
 def test_palette_colour_native_and_rle_agree():
@@ -112,6 +116,9 @@ def test_palette_colour_native_and_rle_agree():
         # the header describes the 640 x 480 original of this 320 x 240 file: ignored
         ("examples_ybr_color.dcm", [], None),
         ("US1_UNCR.dcm", [], None),
+        # a dual display: two 2D images side by side (the first is taken), and a bar
+        ("gdcm-US-ALOKA-16.dcm", [Region(32, 24, 304, 392), Region(336, 24, 304, 392),
+                                  Region(32, 40, 32, 64)], Region(32, 24, 304, 392)),
     ],
 )
 def test_ultrasound_regions(name, regions, image):

@@ -99,10 +99,10 @@ def test_plan_matches_the_study():
 
 
 def test_masks_align_with_bright_pixels(malignant_cases):
-    benign = [synthetic.generate_one(100 + s, s % 6, label=0, frames=36) for s in range(6)]
+    benign = [synthetic.generate_one(100 + s, s % 6, label=0, frames=24) for s in range(6)]
     seen = Counter()
     for case in malignant_cases + benign:
-        gray = case.frames.mean(axis=3)
+        gray = case.frames[..., 1]  # green: the gray image under any centre's tint
         for code in (MICRO, MACRO, RIM, COMET):
             on = case.mask == code
             if not on.any():
@@ -114,7 +114,7 @@ def test_masks_align_with_bright_pixels(malignant_cases):
             t = frames[len(frames) // 2]
             nodule = gray[t, box[1] : box[3], box[0] : box[2]]
             nodule = nodule[case.mask[t, box[1] : box[3], box[0] : box[2]] == 0]
-            assert np.median(gray[on]) > np.median(nodule) + 40, (code, case.spec.features())
+            assert np.median(gray[on]) > int(np.median(nodule)) + 40, case.spec.features()
     assert seen[MICRO] >= 5 and seen[MACRO] + seen[RIM] + seen[COMET] >= 3
 
 
@@ -133,20 +133,26 @@ def test_boxes_enclose_the_nodule(malignant_cases):
 
 
 def test_microcalcifications_show_in_few_frames(malignant_cases):
+    # one focus alone: a few frames of the sweep
+    style, patient = synthetic.centre_style(0), synthetic.sample_patient(np.random.default_rng(0))
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        spec = synthetic.sample_nodule(rng, 1, style, frames=36)
+        focus = synthetic.Calcification(MICRO, spec.centre[0] + 2, *spec.centre[1:], size=0.6,
+                                        depth=0.9, amplitude=12.0)
+        spec.calcs = [focus]
+        _, mask, _ = synthetic.render_sweep(spec, style, patient, rng)
+        assert 1 <= (mask == MICRO).any(axis=(1, 2)).sum() <= 4
+        assert (mask == MICRO).sum(axis=(1, 2)).max() <= 5  # <= 2 px across
+    # all foci of a nodule together: still a minority of the frames through it
     with_foci = [c for c in malignant_cases if (c.mask == MICRO).any()]
     assert len(with_foci) >= 5
     missed_by_middle, union = 0, []
     for case in with_foci:
-        x, y, _, _ = case.region.as_tuple()
-        for focus in (c for c in case.spec.calcs if c.kind == MICRO):
-            fy, fx = int(round(focus.y)) + y, int(round(focus.x)) + x
-            t0 = max(int(focus.t) - 4, 0)  # frames further away belong to other foci
-            near = case.mask[t0 : int(focus.t) + 5, fy - 1 : fy + 2, fx - 1 : fx + 2] == MICRO
-            assert 1 <= near.any(axis=(1, 2)).sum() <= 4  # each focus: a few frames
         on = (case.mask == MICRO).any(axis=(1, 2))
         union.append(on.sum() / (~np.isnan(case.boxes[:, 0])).sum())
         missed_by_middle += not on[len(on) // 2]
-    assert np.mean(union) < 0.5  # together, still a minority of the frames of the nodule
+    assert np.mean(union) < 0.5
     # sampled without rendering: the middle frame misses every focus in many sweeps
     rng = np.random.default_rng(0)
     misses = []

@@ -176,6 +176,12 @@ def test_truncated_files_are_rejected(files, tmp_path, kind, keep):
         video.video_to_clip(cut)
 
 
+def test_trailing_bytes_after_a_complete_movie_are_harmless(files, tmp_path):
+    padded = tmp_path / "padded.mp4"
+    padded.write_bytes(files["mp4"].read_bytes() + b"\x00\x17 uploader padding")
+    assert video.probe_video(padded).frame_count == N_FRAMES
+
+
 def test_unsupported_codec_is_named(files, tmp_path):
     data = files["avi"].read_bytes()
     assert data.count(b"MJPG") >= 1
