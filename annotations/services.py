@@ -659,3 +659,16 @@ def upload_cancel(*, upload: UploadSession, user: User) -> None:
         upload_path(upload).unlink(missing_ok=True)
         upload.status = UploadStatus.CANCELLED
         upload.save(update_fields=["status", "updated_at"])
+
+
+def uploads_expire(*, older_than) -> int:
+    """Cancel resumable uploads left unfinished since `older_than` (a datetime) and delete
+    their partial bytes: identified data must not linger in the incoming folder."""
+    stale = UploadSession.objects.filter(status=UploadStatus.RECEIVING, updated_at__lt=older_than)
+    count = 0
+    for upload in stale:
+        upload_path(upload).unlink(missing_ok=True)
+        upload.status = UploadStatus.CANCELLED
+        upload.save(update_fields=["status", "updated_at"])
+        count += 1
+    return count

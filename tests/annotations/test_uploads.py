@@ -175,3 +175,42 @@ def test_openapi_schema_describes_ingestion(world):
     assert "multipart/form-data" in paths["/api/videos/"]["post"]["requestBody"]["content"]
     assert "failure_reason" in schema["components"]["schemas"]["Video"]["properties"]
     assert world["client"].get("/api/docs/").status_code == 200
+
+
+def test_unfinished_uploads_expire_and_their_bytes_are_deleted(world):
+    import datetime
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    client = world["client"]
+    url = create(client, world["nodule"], 100)["Location"]
+    patch(client, url, 0, b"z" * 30)
+    UploadSession.objects.update(updated_at=timezone.now() - datetime.timedelta(days=8))
+    fresh = create(client, world["nodule"], 100)["Location"]
+    out = StringIO()
+    call_command("expire_uploads", "--days", "7", stdout=out)
+    assert "1 unfinished upload(s)" in out.getvalue()
+    fresh_id = fresh.rstrip("/").split("/")[-1]
+    assert [p.name for p in incoming_dir().iterdir()] == [f"{fresh_id}.part"]
+    assert client.head(url, **TUS).status_code == 200
+    assert patch(client, url, 30, b"z" * 70).status_code == 400
+
+
+def test_transient_errors_are_retried_then_reported(world, monkeypatch):
+    from annotations import services, tasks
+
+    video = Video.objects.create(nodule=world["nodule"], sha256="", incoming_name="gone")
+    calls = []
+
+    def flaky(*, video):
+        calls.append(1)
+        raise services.TransientError("storage unavailable: [Errno 5] I/O error")
+
+    monkeypatch.setattr(services, "video_process", flaky)
+    tasks.video_process.apply(args=[video.pk])
+    video.refresh_from_db()
+    assert len(calls) == tasks.video_process.max_retries + 1
+    assert video.status == VideoStatus.FAILED
+    assert "processing kept failing (storage unavailable" in video.failure_reason
