@@ -104,10 +104,19 @@ def centre_masks_for(*, centre_id: int):
     return masks_for
 
 
+ANNOTATION_PROGRESS = [
+    ("none", "Not started"),
+    ("in_progress", "In progress"),
+    ("accepted", "Consensus accepted"),
+]
+
+
 def cases_for_centre(
-    *, user: User, centre: Centre, status: str = "", label: str = "", query: str = ""
+    *, user: User, centre: Centre, status: str = "", label: str = "", query: str = "",
+    progress: str = "",
 ) -> QuerySet[Nodule]:
-    """The centre's nodules (cases) with their label, video counts and progress."""
+    """The centre's nodules (cases) with their label, video counts and annotation progress
+    (none, in progress, or an accepted consensus annotation)."""
     nodules = (
         nodules_visible_to(user=user)
         .filter(patient__centre=centre)
@@ -123,9 +132,22 @@ def cases_for_centre(
                 filter=Q(videos__status__in=[VideoStatus.UPLOADED, VideoStatus.PROCESSING]),
                 distinct=True,
             ),
+            n_annotations=Count("videos__annotations", distinct=True),
+            n_accepted=Count(
+                "videos__annotations",
+                filter=Q(videos__annotations__is_consensus=True,
+                         videos__annotations__state="accepted"),
+                distinct=True,
+            ),
         )
         .order_by("patient__code", "code")
     )
+    if progress == "none":
+        nodules = nodules.filter(n_annotations=0)
+    elif progress == "in_progress":
+        nodules = nodules.filter(n_annotations__gt=0, n_accepted=0)
+    elif progress == "accepted":
+        nodules = nodules.filter(n_accepted__gt=0)
     if status == "none":
         nodules = nodules.filter(n_videos=0)
     elif status in VideoStatus.values:

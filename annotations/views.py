@@ -23,6 +23,7 @@ from annotations.framestore import chunk_name, read_frame
 from annotations.models import AuditAction, Pathology, ScanPlane, VideoStatus
 from annotations.permissions import Action, can
 from annotations.selectors import (
+    ANNOTATION_PROGRESS,
     case_counts,
     cases_for_centre,
     centre_summaries,
@@ -121,8 +122,9 @@ def case_list(request, code: str):
     status = request.GET.get("status", "")
     label = request.GET.get("label", "")
     query = request.GET.get("q", "").strip()
+    progress = request.GET.get("progress", "")
     cases = cases_for_centre(user=request.user, centre=centre, status=status, label=label,
-                             query=query)
+                             query=query, progress=progress)
     page = Paginator(cases, 25).get_page(request.GET.get("page"))
     counts = case_counts(user=request.user, centre=centre)
     context = {
@@ -135,9 +137,11 @@ def case_list(request, code: str):
                           for value, name in VideoStatus.choices],
         "statuses": [("none", "No video"), *VideoStatus.choices],
         "label_choices": labels.LABEL_CHOICES,
-        "selected": {"status": status, "label": label, "q": query},
-        "filter_query": urlencode({k: v for k, v in
-                                   {"status": status, "label": label, "q": query}.items() if v}),
+        "progress_choices": ANNOTATION_PROGRESS,
+        "selected": {"status": status, "label": label, "q": query, "progress": progress},
+        "filter_query": urlencode({k: v for k, v in {"status": status, "label": label,
+                                                     "q": query, "progress": progress}.items()
+                                   if v}),
         "can_create": can(request.user, Action.CREATE, centre),
     }
     return render(request, "annotations/case_list.html", context)

@@ -141,3 +141,24 @@ def test_centre_masks_are_administered_on_the_admin_site(db, client, centre_a, r
     response = client.get("/admin/annotations/centremask/")
     assert response.status_code == status
     assert (b"GE banner" in response.content) is (status == 200)
+
+
+def test_case_list_filters_by_annotation_progress(cases, client, centre_a):
+    from annotations.models import Annotation
+
+    annotator = make_user("annotator", centre_a)
+    started, accepted = cases[0].videos.get(), cases[1].videos.get()
+    Annotation.objects.create(video=started, annotator=annotator, state="draft")
+    Annotation.objects.create(video=accepted, annotator=annotator, state="submitted")
+    Annotation.objects.create(video=accepted, is_consensus=True, state="accepted")
+    client.force_login(make_user("reader", centre_a))
+
+    def codes(progress):
+        page = client.get(f"/centres/CA/cases/?progress={progress}").context["page"]
+        return {n.patient.code for n in page.paginator.object_list}
+
+    assert codes("in_progress") == {"A000"}
+    assert codes("accepted") == {"A001"}
+    assert len(codes("none")) == 28 and "A000" not in codes("none")
+    html = client.get("/centres/CA/cases/?q=A001").content.decode()
+    assert "consensus accepted" in html
