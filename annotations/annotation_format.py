@@ -384,16 +384,19 @@ def document_from_truth(mask: np.ndarray, boxes: np.ndarray, *, key_every: int =
                 if stats[c, cv2.CC_STAT_AREA] < min_area:
                     continue
                 w, h = stats[c, cv2.CC_STAT_WIDTH], stats[c, cv2.CC_STAT_HEIGHT]
+                # Mask pixel i covers [i, i + 1) in document coordinates: + 0.5 for centres.
+                centre = [round(float(v) + 0.5, 2) for v in centroids[c]]
                 if max(w, h) <= 4:
-                    shape, points = "point", [[round(float(v), 1) for v in centroids[c]]]
+                    shape, points = "point", [centre]
                 else:
                     contours, _ = cv2.findContours((labels == c).astype(np.uint8),
                                                    cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                     contour = max(contours, key=cv2.contourArea).reshape(-1, 2)
                     if len(contour) < 3:
-                        shape, points = "point", [[round(float(v), 1) for v in centroids[c]]]
+                        shape, points = "point", [centre]
                     else:
-                        shape, points = "polygon", [[float(x), float(y)] for x, y in contour]
+                        shape, points = "polygon", [[x + 0.5, y + 0.5] for x, y in
+                                                    contour.tolist()]
                 doc["marks"].append({"type": names[int(code)], "shape": shape,
                                      "frame_start": t, "frame_end": t, "points": points})
     return validate_document(doc, n_frames=n)

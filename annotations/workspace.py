@@ -205,8 +205,8 @@ def annotation_request_changes(*, annotation: Annotation, user: User, text: str,
     text = (text or "").strip()
     if not text:
         raise ValidationError("Say what should change: the comment is empty.")
-    frame_count = annotation.video.frame_count or 0
-    if not 0 <= int(frame) < max(frame_count, 1):
+    frame_count = annotation.video.frame_count
+    if int(frame) < 0 or (frame_count and int(frame) >= frame_count):
         raise ValidationError(f"Frame {frame} is outside the video.")
     current = _transition(annotation, user, "request_changes",
                           AnnotationState.CHANGES_REQUESTED,

@@ -21,6 +21,8 @@ if [ ! -f "$CASES/manifest.csv" ]; then
 fi
 $PY manage.py import_cases "$CASES/manifest.csv" --no-progress \
   || echo "import_cases rejected some demo rows (reasons above)" >&2
+# Annotations from the generator's ground truth, in every review state (idempotent).
+$PY manage.py seed_demo_annotations "$CASES"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }

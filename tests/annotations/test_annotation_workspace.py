@@ -384,3 +384,56 @@ def test_pages_render_for_a_reviewer(tree, client):
     page = client.get(f"/annotations/{annotation.pk}/").content.decode()
     assert "workspace-config" in page and "Annotation by" in page
     assert AnnotationState.SUBMITTED.label in page
+
+
+# --- Demo content ----------------------------------------------------------------------------
+
+
+def test_seed_demo_annotations_from_ground_truth(tmp_path, centre_a, case_tree):
+    import csv
+    import json
+
+    from django.core.management import call_command
+
+    from annotations.selectors import consensus_annotations_for, review_queue
+    from tests.factories import NoduleFactory, PatientFactory, VideoFactory
+
+    admin = member("c1admin", "centre_admin", centre_a)
+    member("c1annotator", "annotator", centre_a)
+    (tmp_path / "truth").mkdir()
+    rows = []
+    for i in range(4):
+        patient = PatientFactory(centre=centre_a, code=f"CA-P{i}")
+        VideoFactory(nodule=NoduleFactory(patient=patient, code="N1"), frame_count=32)
+        boxes = np.full((32, 4), np.nan, np.float32)
+        boxes[2:30] = (40 + i, 30, 90 + i, 80)
+        mask = np.zeros((32, 120, 160), np.uint8)
+        mask[10 + i, 50, 60] = 1
+        meta = {"echo": 0.4, "margin": "lobulated", "taller_than_wide": True, "cystic": False,
+                "n_micro": 1, "n_macro": 0, "rim": False}
+        np.savez(tmp_path / "truth" / f"CA-P{i}_N1.npz", mask=mask, boxes=boxes,
+                 meta=np.array(json.dumps(meta)))
+        rows.append({"centre": "CA", "patient": f"CA-P{i}", "nodule": "N1",
+                     "video": f"videos/CA/CA-P{i}_N1.mp4"})
+    with (tmp_path / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from annotations.management.commands import seed_demo_annotations
+
+    seed_demo_annotations.DEMO_PEOPLE["CA"] = ("c1annotator", "c1admin")
+    try:
+        call_command("seed_demo_annotations", str(tmp_path))
+        call_command("seed_demo_annotations", str(tmp_path))  # idempotent
+    finally:
+        del seed_demo_annotations.DEMO_PEOPLE["CA"]
+    own = Annotation.objects.filter(is_consensus=False, annotator__username="c1annotator")
+    assert sorted(own.values_list("state", flat=True)) == sorted(
+        ["accepted", "submitted", "changes_requested", "draft"])
+    [consensus] = consensus_annotations_for(centre=centre_a)
+    keys = [k["frame"] for k in consensus.data["tracks"][0]["keyframes"]]
+    assert keys == [2, 8, 16, 24, 29, 30]
+    assert consensus.data["marks"][0]["type"] == "punctate"
+    assert consensus.data["tirads"]["echogenic_foci"] == ["punctate"]
+    queue = review_queue(user=admin, centre=centre_a)
+    assert sum(row["waiting"] for row in queue) == 3  # 1 submitted + 2 second reads
