@@ -29,11 +29,12 @@ def _out(obj) -> None:
 
 
 def cmd_synth(args) -> int:
+    from dataclasses import asdict, is_dataclass
+
     from ml.synthetic import generate
 
-    result = generate(args.out, centres=args.centres, nodules=args.nodules, seed=args.seed)
-    log.info("synthetic sweeps written to %s", args.out)
-    _out({"out": str(args.out), "result": str(result) if result is not None else None})
+    report = generate(args.out, centres=args.centres, nodules=args.nodules, seed=args.seed)
+    _out(asdict(report) if is_dataclass(report) else {"out": str(args.out)})
     return 0
 
 
@@ -81,12 +82,13 @@ def cmd_compare(args) -> int:
 def cmd_gradcam(args) -> int:
     import numpy as np
 
-    from ml.inference import load_model, predict_with_heatmaps, spec_of
+    from ml.inference import gradcam_layer_of, load_model, predict_with_heatmaps, spec_of
 
     model, config = load_model(args.run)
     clip = np.load(args.clip, mmap_mode="r")
     boxes = np.load(args.boxes) if args.boxes else None
-    h = predict_with_heatmaps(model, clip, spec_of(config), boxes=boxes)
+    h = predict_with_heatmaps(model, clip, spec_of(config), boxes=boxes,
+                              layer=gradcam_layer_of(model, config))
     np.save(args.out, h.gradcam)
     result = {"probability": h.probability, "threshold": config.get("threshold"),
               "gradcam": str(args.out), "shape": list(h.gradcam.shape),

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ml import stats
 from ml.data import CALCIFICATION_CODES, ClipDataset, read_manifest
-from ml.inference import input_heatmaps, load_model, spec_of
+from ml.inference import gradcam_layer_of, input_heatmaps, load_model, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,13 @@ def summarise_localisation(rows: list[dict]) -> dict:
     def mean(key):
         return float(np.mean([r[key] for r in rows]))
 
-    out = {"n": len(rows)}
+    # A flat heatmap (Grad-CAM with no positive evidence) has no energy to place: it scores
+    # what a uniform map scores.
+    rows = [dict(r) for r in rows]
+    flat = [r for r in rows if not math.isfinite(r["energy"])]
+    for r in flat:
+        r["energy"], r["pointing"] = r["energy_uniform"], r["pointing_uniform"]
+    out = {"n": len(rows), "n_flat": len(flat)}
     for name, label in (("energy", "energy_inside"), ("pointing", "pointing_game")):
         value, uniform = mean(name), mean(f"{name}_uniform")
         out[label] = _r(value)
@@ -124,8 +130,8 @@ def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
     return np.asarray(probs)
 
 
-def _localise(model, ds: ClipDataset, device) -> tuple[list[dict], list[dict]]:
-    """Per-case localisation rows for Grad-CAM and for the last attention map (if any), on
+def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[list[dict], list[dict]]:
+    """Per-case localisation rows for Grad-CAM and for the first attention map (if any), on
     the cases whose mask marks a calcification."""
     cam_rows, att_rows = [], []
     for i, r in enumerate(ds.records):
@@ -135,11 +141,11 @@ def _localise(model, ds: ClipDataset, device) -> tuple[list[dict], list[dict]]:
         mask = item["mask"].numpy()
         if not np.isin(mask, CALCIFICATION_CODES).any():
             continue
-        _, heat, att = input_heatmaps(model, item["clip"][None].to(device))
+        _, heat, att = input_heatmaps(model, item["clip"][None].to(device), layer)
         key = {"case_id": r.case_id, "label": r.label}
         cam_rows.append({**key, **localisation_scores(heat[0], mask)})
-        if att:
-            att_rows.append({**key, **localisation_scores(att[-1][0], mask)})
+        if att:  # the first (finest) attention map
+            att_rows.append({**key, **localisation_scores(att[0][0], mask)})
     return cam_rows, att_rows
 
 
@@ -201,11 +207,12 @@ def evaluate_run(
             for c, ks in sorted(by_centre.items())
         }
         if localisation:
-            cam_rows, att_rows = _localise(model, ds, device)
-            block["localisation"] = _localisation_block(cam_rows, "gradcam")
+            cam_rows, att_rows = _localise(model, ds, device, gradcam_layer_of(model, config))
+            layer = config["train"].get("gradcam_layer") or "default"
+            block["localisation"] = _localisation_block(cam_rows, f"gradcam ({layer})")
             if att_rows:
                 block["localisation_attention"] = _localisation_block(
-                    att_rows, "attention (last module)")
+                    att_rows, "attention (first module)")
         metrics[split] = block
     _write_predictions(run_dir / "predictions.csv", predictions)
     tmp = run_dir / "metrics.json.tmp"

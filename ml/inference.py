@@ -67,6 +67,13 @@ def spec_of(config: Mapping) -> ClipSpec:
     return ClipSpec.from_dict(config["spec"])
 
 
+def gradcam_layer_of(model: nn.Module, config: Mapping) -> nn.Module | None:
+    """The layer the run's config names for Grad-CAM (`train.gradcam_layer`), or None for the
+    model's default (`ml.models.gradcam_layer`)."""
+    name = config.get("train", {}).get("gradcam_layer") or ""
+    return model.get_submodule(name) if name else None
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -89,8 +96,9 @@ def predict(
 class Heatmaps:
     """Heatmaps aligned to the stored clip: frame f of `gradcam` belongs to frame f of the clip.
 
-    Maps are float16 in [0, 1], (T, H, W) of the clip; zero outside the ROI crop (and, for 2D
-    models, on every frame but the key frame). `gradcam_input` and `attention_input` are the
+    Maps are float16 in [0, 1], (T, H, W) of the clip; zero outside the ROI crop, before the
+    first and after the last frame the model saw (and, for 2D models, on every frame but the
+    key frame). `gradcam_input` and `attention_input` are the
     same maps on the model's input grid (the sampled frames, the crop at model size), which is
     where localisation is scored against the aligned mask.
     """
@@ -139,7 +147,8 @@ def to_clip_grid(
         out[idx[0], y0:y1, x0:x1] = pasted[0]
         return out
     nearest = np.abs(np.arange(t0)[:, None] - idx[None, :]).argmin(1)  # (T0,)
-    out[:, y0:y1, x0:x1] = pasted[nearest]
+    seen = slice(int(idx.min()), int(idx.max()) + 1)  # frames outside were never looked at
+    out[seen, y0:y1, x0:x1] = pasted[nearest[seen]]
     return out
 
 

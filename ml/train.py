@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     manifest: str = "manifest.csv"  # relative to the dataset; e.g. folds/loco_C3.csv
     log_every: int = 10  # optimiser steps between "step" events in metrics.jsonl
+    model_options: dict = field(default_factory=dict)  # extra create_model keywords, e.g.
+    # {"attention": ["A", "B"]} (JSON on the command line)
+    gradcam_layer: str = ""  # module Grad-CAM hooks, e.g. "stage_a" ("": the model's default)
 
     def clip_spec(self, spatial_dims: int) -> ClipSpec:
         return ClipSpec(
@@ -95,7 +98,10 @@ class TrainConfig:
 # irv2_cam on the synthetic data on 2 CPU cores in under 20 minutes (docs/ml-results.md);
 # "paper" is the scale of Qian et al. 2025 for a GPU.
 PRESETS: dict[str, dict] = {
-    "small": dict(frames=16, size=64, batch_size=8, epochs=20, lr=1e-3, warmup_epochs=1.0),
+    # One intra-op thread plus one loader process: on a 2-core machine shared with other work,
+    # a 2-thread OpenMP step waits on preempted threads and runs 5-10x slower (measured).
+    "small": dict(frames=16, size=64, batch_size=8, epochs=20, lr=1e-3, warmup_epochs=1.0,
+                  threads=1, num_workers=1),
     "paper": dict(frames=32, size=160, batch_size=16, epochs=60, lr=3e-4, warmup_epochs=3.0,
                   num_workers=8, patience=15),
 }
@@ -125,7 +131,8 @@ def config_from_dict(d: dict) -> TrainConfig:
 def build_model(cfg: TrainConfig) -> nn.Module:
     from ml.models import create_model
 
-    return create_model(cfg.arch, config=cfg.preset)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_options.items()}
+    return create_model(cfg.arch, config=cfg.preset, **options)
 
 
 def attention_loss(model: nn.Module, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
@@ -263,6 +270,14 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def _worker_init(worker_id: int) -> None:
+    # Loader processes do small per-clip work: one thread each, or they fight the trainer.
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def init_distributed() -> Distributed:
@@ -445,8 +460,13 @@ def train(
             raise DataError(f"nothing to resume: {ckpt_path} does not exist")
         stored = json.loads((run_dir / "config.json").read_text())
         cfg = config_from_dict(stored["train"])
+    elif ckpt_path.is_file():
+        raise DataError(f"{run_dir} already holds a run: pass --resume to continue it, or "
+                        f"choose another output directory")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh run starts a fresh log (an earlier attempt may have failed)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     metrics = MetricsLog(run_dir / "metrics.jsonl" if dist.is_main else None, progress)
     try:
         return _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progress)
@@ -490,7 +510,7 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     # The loaders draw their worker seeds from their own generator, never the global RNG
     # (dropout's), which persistent workers would otherwise leave out of step after a resume.
     loader_kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                     persistent_workers=cfg.num_workers > 0,
+                     persistent_workers=cfg.num_workers > 0, worker_init_fn=_worker_init,
                      generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.num_workers > 0:
         loader_kw["prefetch_factor"] = 2
@@ -610,6 +630,13 @@ def _json_float(x: float) -> float | None:
 # CLI
 
 
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--data`, `--out`, `--config`, `--resume` and one flag per TrainConfig field."""
     parser.add_argument("--data", required=True, help="dataset directory")
@@ -626,7 +653,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            kind = {"int": int, "float": float, "str": str, "dict": _json_object}[str(f.type)]
             parser.add_argument(flag, dest=f.name, type=kind, default=None,
                                 help=f"default {f.default} (or the preset's)")
     return parser

@@ -19,6 +19,7 @@ from ml.data import (
     DataError,
     key_frame_index,
     leave_one_centre_out,
+    nodule_frames,
     patient_level_split,
     prepare_clip,
     read_manifest,
@@ -174,6 +175,23 @@ def test_sample_frame_indices_uniform_and_jittered():
         assert idx[-1] - idx[0] >= 60  # spans most of the sweep
     runs = {tuple(sample_frame_indices(100, 8, True, np.random.default_rng(s))) for s in range(5)}
     assert len(runs) == 5
+
+
+def test_frames_are_sampled_where_the_nodule_shows():
+    boxes = np.full((100, 4), np.nan, np.float32)
+    boxes[30:70] = (10, 10, 20, 20)
+    assert nodule_frames(boxes, 100) == (26, 73)  # 40 frames, widened by 4 on each side
+    assert nodule_frames(None, 100) == (0, 99)
+    assert sample_frame_indices(100, 5, window=(26, 73)).tolist() == [26, 38, 50, 61, 73]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = sample_frame_indices(100, 8, True, rng, window=(26, 73))
+        assert idx.min() >= 26 and idx.max() <= 73
+    clip = np.zeros((100, 32, 32), np.uint8)
+    out = prepare_clip(clip, ClipSpec(frames=5, size=(16, 16)), boxes=boxes)
+    assert out["frame_indices"].tolist() == [26, 38, 50, 61, 73]
+    whole = prepare_clip(clip, ClipSpec(frames=5, size=(16, 16), roi=False), boxes=boxes)
+    assert whole["frame_indices"].tolist() == [0, 25, 50, 74, 99]
 
 
 def test_key_frame_index():

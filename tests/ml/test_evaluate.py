@@ -74,6 +74,8 @@ def test_to_clip_grid_maps_back_to_frames_and_crop():
     assert out.shape == (10, 20, 20) and out.dtype == np.float16
     assert out[9, 3:11, 2:10].min() == 1 and out[9].sum() == 64  # pasted in the crop only
     assert out[8].sum() == 64 and out[7].sum() == 0  # nearest sampled frame
+    part = to_clip_grid(heat, np.array([3, 4, 6]), (2, 3, 10, 11), (10, 20, 20))
+    assert part[6].sum() == 64 and part[7].sum() == 0  # after the last sampled frame
     key = to_clip_grid(heat[2], np.array([4]), (0, 0, 20, 20), (10, 20, 20))
     assert key[4].min() == 1 and key.sum() == 400  # 2D models: the key frame only
 

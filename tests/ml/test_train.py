@@ -219,3 +219,12 @@ def test_ddp_with_two_gloo_processes(tiny, tmp_path):
     assert [e["event"] for e in log].count("start") == 1
     assert len([e for e in log if e["event"] == "step"]) == 1
     assert np.isfinite([e["val_auroc"] for e in log if e["event"] == "epoch"]).all()
+
+
+def test_refuses_to_overwrite_a_run(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), tiny, run)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(DataError, match="already holds a run"):
+        train(tiny_config(epochs=1), tiny, run)
+    assert (run / "metrics.jsonl").read_text() == before
