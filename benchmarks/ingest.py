@@ -12,9 +12,9 @@ needs just to decode it, and the memory the web and worker processes need for a 
 3. The whole processing, as the worker runs it (`annotations.services.video_process`): SHA-256,
    duplicate check, magic bytes, de-identification into storage, one decoding pass with region
    detection, blanking, the JPEG frame store, thumbnail and training clip, and the row update.
-4. With --big-gb: a Motion-JPEG AVI of that size is streamed into a resumable upload session
-   (`services.upload_append`, 64 MiB per PATCH as the tus endpoint receives it) by one process
-   and processed by another; each reports its peak resident memory (ru_maxrss).
+4. With --big-gb: a Motion-JPEG AVI of that size (noise frames) is streamed into a resumable
+   upload session (`services.upload_append`, 64 MiB per PATCH as the tus endpoint receives it)
+   by one process and processed by another; each reports its peak resident memory (ru_maxrss).
 
 Everything runs in a temporary folder with its own SQLite database; results go to stdout and
 to --out as JSON. Record the figures in docs/benchmarks.md with the machine and command.
@@ -49,6 +49,24 @@ def speckle_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
     depth = np.linspace(1.0, 0.45, height, dtype=np.float32)[:, None]
     img = 40 * np.log1p(6 * amp * depth)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_big(path: Path, *, fps: float, size: tuple[int, int], max_bytes: int) -> int:
+    """A Motion-JPEG AVI of at least `max_bytes`: full-range noise frames (about 2.7 MB each
+    at 1280x720), cycled, so the file grows quickly; the content does not matter for memory."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
+    rng = np.random.default_rng(2)
+    pool = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(16)]
+    n = 0
+    try:
+        while n % 50 or path.stat().st_size < max_bytes:
+            writer.write(pool[n % len(pool)])
+            n += 1
+    finally:
+        writer.release()
+    return n
 
 
 def write_sweep(path: Path, *, frames: int, fps: float, size: tuple[int, int], fourcc: str,
@@ -247,8 +265,8 @@ def main(argv=None) -> None:
         if args.big_gb:
             big = tmp / "big.avi"
             t0 = time.perf_counter()
-            n = write_sweep(big, frames=10**9, fps=args.fps, size=(width, height),
-                            fourcc="MJPG", quality=100, max_bytes=int(args.big_gb * 1e9))
+            n = write_big(big, fps=args.fps, size=(width, height),
+                          max_bytes=int(args.big_gb * 1e9))
             print(f"wrote {big.stat().st_size / 1e9:.2f} GB ({n} frames) in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             received = run_child("--child", "receive", str(var), str(big))
