@@ -6,12 +6,14 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from annotations import selectors
 from annotations.models import (
+    Annotation,
     AuditEvent,
     Centre,
     CentreMask,
     Membership,
     Nodule,
     Patient,
+    ReviewerAssignment,
     User,
     Video,
 )
@@ -110,3 +112,35 @@ class AuditEventAdmin(PlatformAdminOnly):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- Annotation workspace (annotations.workspace) --------------------------------------------
+
+
+@admin.register(ReviewerAssignment)
+class ReviewerAssignmentAdmin(PlatformAdminOnly):
+    """Members who review annotations at a centre besides its administrators."""
+
+    list_display = ("user", "centre", "created_at")
+    list_filter = ("centre",)
+
+    def get_queryset(self, request):
+        return ReviewerAssignment.objects.filter(
+            centre__in=selectors.centres_visible_to(user=request.user)).select_related(
+            "user", "centre")
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(PlatformAdminOnly):
+    """Read-only here: content and states change through the workspace, which versions and
+    audits every change."""
+
+    list_display = ("pk", "video", "annotator", "is_consensus", "state", "version",
+                    "updated_at")
+    list_filter = ("state", "is_consensus")
+    readonly_fields = [f.name for f in Annotation._meta.fields]
+    has_add_permission = has_change_permission = has_delete_permission = (
+        lambda self, request, obj=None: False)
+
+    def get_queryset(self, request):
+        return selectors.annotations_visible_to(user=request.user)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.response import Response
@@ -34,6 +36,49 @@ class XMLTextParser(BaseParser):
 
     def parse(self, stream, media_type=None, parser_context=None):
         return stream.read().decode("utf-8", errors="replace")
+
+
+class AnnotationSerializer(serializers.Serializer):
+    """What GET, PUT and transitions answer (the document is docs/annotation-format.md)."""
+
+    id = serializers.IntegerField()
+    video = serializers.IntegerField()
+    annotator = serializers.CharField(allow_null=True)
+    is_consensus = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["draft", "submitted", "changes_requested",
+                                             "accepted"])
+    state_label = serializers.CharField()
+    version = serializers.IntegerField()
+    data = serializers.JSONField()
+    tirads_result = serializers.JSONField(allow_null=True)
+    updated_at = serializers.DateTimeField()
+    updated_by = serializers.CharField(allow_null=True)
+    comments = serializers.JSONField()
+    permissions = serializers.JSONField()
+
+
+class SaveSerializer(serializers.Serializer):
+    version = serializers.IntegerField(help_text="the version this edit was based on")
+    data = serializers.JSONField(help_text="the annotation document")
+
+
+class ConflictSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    current_version = serializers.IntegerField()
+    data = serializers.JSONField()
+    state = serializers.CharField()
+
+
+class StartSerializer(serializers.Serializer):
+    consensus = serializers.BooleanField(required=False, help_text="reviewers: the consensus")
+    source = serializers.IntegerField(required=False, help_text="copy this annotation")
+
+
+class TransitionSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["submit", "accept", "request_changes", "reopen"])
+    comment = serializers.CharField(required=False, help_text="request_changes: the comment")
+    frame = serializers.IntegerField(required=False, help_text="the frame it is pinned to")
+    reason = serializers.CharField(required=False, help_text="reopen: why (audited)")
 
 
 def annotation_json(annotation: Annotation, user) -> dict:
@@ -92,6 +137,9 @@ def _save(request, annotation: Annotation, data, version, via: str) -> Response:
     return Response(annotation_json(saved, request.user))
 
 
+@extend_schema(methods=["GET"], responses={200: OpenApiTypes.OBJECT})
+@extend_schema(methods=["POST"], request=StartSerializer,
+               responses={200: AnnotationSerializer, 201: AnnotationSerializer})
 @api_view(["GET", "POST"])
 def video_annotations(request, video_id: int):
     video = get_object_or_404(videos_visible_to(user=request.user).select_related(
@@ -121,6 +169,9 @@ def video_annotations(request, video_id: int):
                     status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+@extend_schema(methods=["GET"], responses={200: AnnotationSerializer})
+@extend_schema(methods=["PUT"], request=SaveSerializer,
+               responses={200: AnnotationSerializer, 409: ConflictSerializer})
 @api_view(["GET", "PUT"])
 def annotation_detail(request, annotation_id: int):
     annotation = _visible_annotation(request, annotation_id)
@@ -142,6 +193,7 @@ TRANSITIONS = {
 }
 
 
+@extend_schema(request=TransitionSerializer, responses={200: AnnotationSerializer})
 @api_view(["POST"])
 def annotation_transition(request, annotation_id: int):
     annotation = _visible_annotation(request, annotation_id)
@@ -162,6 +214,7 @@ def _export_name(annotation: Annotation, suffix: str) -> str:
     return f"video-{annotation.video_id}-{who}-v{annotation.version}.{suffix}"
 
 
+@extend_schema(responses={200: OpenApiTypes.BINARY})
 @api_view(["GET"])
 def annotation_export(request, annotation_id: int, kind: str):
     annotation = _visible_annotation(request, annotation_id)
@@ -187,6 +240,10 @@ def annotation_export(request, annotation_id: int, kind: str):
     return response
 
 
+@extend_schema(request={"application/json": OpenApiTypes.OBJECT,
+                        "application/xml": OpenApiTypes.STR},
+               parameters=[OpenApiParameter("version", int, required=True)],
+               responses={200: AnnotationSerializer, 409: ConflictSerializer})
 @api_view(["POST"])
 @parser_classes([JSONParser, XMLTextParser])
 def annotation_import(request, annotation_id: int):

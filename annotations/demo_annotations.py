@@ -2,10 +2,11 @@
 nodule boxes and calcification masks at video resolution) turned into annotations in every
 workflow state, so that the workspace, the review queue and the agreement page have content.
 
-Per video of a demo centre, in turn: accepted with an accepted consensus (what training
-uses), submitted (waiting in the review queue), changes requested with a comment pinned to a
-frame, and a draft. The centre administrator also reads every other video (a slightly
-different read: boxes shifted by a few pixels), so the agreement page has two annotators.
+Per video of a demo centre, in turn (STATES): accepted with an accepted consensus (what
+training uses), submitted (waiting in the review queue), changes requested with a comment
+pinned to a frame, submitted, a draft. The centre administrator also reads every video that
+is not a draft (boxes shifted by a few pixels, now and then another TI-RADS margin), so the
+agreement page has two annotators.
 Idempotent: videos that already have annotations are left alone.
 """
 
@@ -25,6 +26,9 @@ from annotations.models import Annotation, User, Video
 
 logger = logging.getLogger(__name__)
 
+# The own annotation's state, video by video of a centre, in turn.
+STATES = ("accepted", "submitted", "changes_requested", "submitted", "draft")
+
 
 def _tirads_from_meta(meta: dict) -> dict:
     echo = float(meta.get("echo", 0.5))
@@ -42,15 +46,18 @@ def _tirads_from_meta(meta: dict) -> dict:
     }
 
 
-def _second_read(data: dict, shift: float) -> dict:
-    """Another annotator's read of the same video: boxes shifted, one TI-RADS call changed."""
+def _second_read(data: dict, index: int) -> dict:
+    """Another annotator's read of the same video: boxes shifted by a few pixels, and on
+    every other video one TI-RADS call differs."""
     other = json.loads(json.dumps(data))
+    shift = 2.0 + index % 3
     for track in other["tracks"]:
         for key in track["keyframes"]:
             if not key["outside"]:
                 key["box"] = [v + shift for v in key["box"]]
-    if other["tirads"].get("margin") == "smooth":
-        other["tirads"]["margin"] = "ill_defined"
+    if index % 2:
+        other["tirads"]["margin"] = ("ill_defined" if other["tirads"].get("margin") == "smooth"
+                                     else "smooth")
     return other
 
 
@@ -66,7 +73,7 @@ def _annotate(video: Video, data: dict, people: dict[str, User], index: int) -> 
     annotator, reviewer = people["annotator"], people["reviewer"]
     own = Annotation.objects.create(video=video, annotator=annotator, data=data,
                                     updated_by=annotator)
-    state = ("accepted", "submitted", "changes_requested", "draft")[index % 4]
+    state = STATES[index % len(STATES)]
     if state != "draft":
         workspace.annotation_submit(annotation=own, user=annotator)
     if state == "accepted":
@@ -78,9 +85,9 @@ def _annotate(video: Video, data: dict, people: dict[str, User], index: int) -> 
         workspace.annotation_request_changes(
             annotation=own, user=reviewer, frame=frame,
             text="Check the type of this focus: punctate or small macrocalcification?")
-    if index % 2 == 0:  # a second, independent read for the agreement page
+    if state != "draft":  # a second, independent read for the agreement page
         second = Annotation.objects.create(video=video, annotator=reviewer,
-                                           data=_second_read(data, 2.0 + index % 3),
+                                           data=_second_read(data, index),
                                            updated_by=reviewer)
         workspace.annotation_submit(annotation=second, user=reviewer)
     return state

@@ -384,6 +384,8 @@ def test_pages_render_for_a_reviewer(tree, client):
     page = client.get(f"/annotations/{annotation.pk}/").content.decode()
     assert "workspace-config" in page and "Annotation by" in page
     assert AnnotationState.SUBMITTED.label in page
+    agreement = client.get(f"/centres/{tree['centre'].code}/agreement/").content.decode()
+    assert "Inter-annotator agreement" in agreement and "0 videos read by two" in agreement
 
 
 # --- Demo content ----------------------------------------------------------------------------
@@ -429,11 +431,11 @@ def test_seed_demo_annotations_from_ground_truth(tmp_path, centre_a, case_tree):
         del seed_demo_annotations.DEMO_PEOPLE["CA"]
     own = Annotation.objects.filter(is_consensus=False, annotator__username="c1annotator")
     assert sorted(own.values_list("state", flat=True)) == sorted(
-        ["accepted", "submitted", "changes_requested", "draft"])
+        ["accepted", "submitted", "changes_requested", "submitted"])
     [consensus] = consensus_annotations_for(centre=centre_a)
     keys = [k["frame"] for k in consensus.data["tracks"][0]["keyframes"]]
     assert keys == [2, 8, 16, 24, 29, 30]
     assert consensus.data["marks"][0]["type"] == "punctate"
     assert consensus.data["tirads"]["echogenic_foci"] == ["punctate"]
     queue = review_queue(user=admin, centre=centre_a)
-    assert sum(row["waiting"] for row in queue) == 3  # 1 submitted + 2 second reads
+    assert sum(row["waiting"] for row in queue) == 6  # 2 submitted + 4 second reads

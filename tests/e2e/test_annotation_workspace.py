@@ -149,8 +149,26 @@ def test_draw_interpolate_mark_and_reload(live_server, chromium_browser, video, 
     red = pixel_at(page, 100, 60)
     assert red[0] - red[1] > 60, red  # the mark is drawn (red) on frame 7
 
+    # The TI-RADS form: points add up on the server; 12 mm at TR5 calls for FNA (ACR 2017).
+    page.get_by_label("TI-RADS composition").select_option("solid")
+    page.get_by_label("TI-RADS echogenicity").select_option("hypo")
+    page.get_by_label("TI-RADS shape").select_option("wider")
+    page.get_by_label("TI-RADS margin").select_option("smooth")
+    result = page.get_by_test_id("tirads-result")
+    wait_saved(page)
+    assert "Fill in every category" in result.inner_text()
+    page.get_by_label("Punctate echogenic foci").check()
+    page.get_by_label("Macrocalcifications").check()
+    page.wait_for_function("document.querySelector('[data-testid=tirads-result]')"
+                           ".textContent.startsWith('TR5')")
+    assert result.inner_text() == "TR5 Highly suspicious: 8 points \u00b7 FNA"
+    wait_saved(page)
+
     page.reload()
     open_workspace(page, page.url)
+    assert page.get_by_label("Macrocalcifications").is_checked()
+    assert page.get_by_label("TI-RADS echogenicity").input_value() == "hypo"
+    assert result.inner_text().startswith("TR5 Highly suspicious: 8 points")
     annotation.refresh_from_db()
     keys = annotation.data["tracks"][0]["keyframes"]
     assert [k["frame"] for k in keys] == [0, 20]

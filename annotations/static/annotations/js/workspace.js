@@ -228,6 +228,7 @@
       label.textContent = name.charAt(0).toUpperCase() + name.slice(1) + " ";
       var select = document.createElement("select");
       select.name = name;
+      select.setAttribute("aria-label", "TI-RADS " + name);
       select.appendChild(new Option("\u2014", ""));
       cfg.tirads[name].forEach(function (c) { select.appendChild(new Option(c[1], c[0])); });
       label.appendChild(select);
