@@ -375,6 +375,16 @@ def test_agreement_report_with_two_annotators(tree, centre_a, case_tree):
     assert report["iou_mean"] == pytest.approx(1 / 3)
 
 
+def test_workspace_of_a_video_in_processing_shows_no_player(tree, client):
+    annotation = workspace.annotation_consensus_start(video=tree["video"], user=tree["admin"])
+    tree["video"].status = "processing"
+    tree["video"].save()
+    client.force_login(tree["admin"])
+    page = client.get(f"/annotations/{annotation.pk}/").content.decode()
+    assert "the workspace opens once its frames are ready" in page
+    assert "workspace.js" not in page
+
+
 def test_pages_render_for_a_reviewer(tree, client):
     annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
     workspace.annotation_submit(annotation=annotation, user=tree["annotator"])

@@ -142,6 +142,16 @@ def test_draw_interpolate_mark_and_reload(live_server, chromium_browser, video, 
     got = [float(v) for v in info.split("box ")[1].split(", ")]
     assert got == pytest.approx([50, 30, 100, 75], abs=0.6)  # halfway between the keyframes
 
+    # "Outside" from frame 30 on; the timeline strip takes a click to a frame.
+    goto_frame(page, 30)
+    page.get_by_role("button", name="Nodule leaves the view here").click()
+    assert page.get_by_test_id("track-info").inner_text() == (
+        "Frame 30: nodule outside the view (keyframe)")
+    strip = page.get_by_test_id("timeline").bounding_box()
+    page.mouse.click(strip["x"] + strip["width"] * 35.5 / FRAMES, strip["y"] + 5)
+    page.wait_for_function("document.querySelector('#player canvas').dataset.frame === '35'")
+    assert page.get_by_test_id("track-info").inner_text() == "Frame 35: nodule not visible"
+
     page.keyboard.press("c")  # calcification tool; microcalcification is the first type
     goto_frame(page, 7)
     click_frame_point(page, 100, 60)
@@ -171,7 +181,7 @@ def test_draw_interpolate_mark_and_reload(live_server, chromium_browser, video, 
     assert result.inner_text().startswith("TR5 Highly suspicious: 8 points")
     annotation.refresh_from_db()
     keys = annotation.data["tracks"][0]["keyframes"]
-    assert [k["frame"] for k in keys] == [0, 20]
+    assert [k["frame"] for k in keys] == [0, 20, 30] and keys[2]["outside"]
     assert keys[0]["box"] == pytest.approx([20, 20, 60, 50], abs=0.6)
     [mark] = annotation.data["marks"]
     assert (mark["type"], mark["shape"], mark["frame_start"], mark["frame_end"]) == (

@@ -55,6 +55,9 @@
   function r1(v) { return Math.round(v * 10) / 10; }
 
   // --- player -----------------------------------------------------------------------------
+  ThyroPlayer.SHORTCUTS.push(["N / C", "nodule / calcification tool"],
+                             ["Enter / Esc", "close / cancel a polygon"],
+                             ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo"]);
   var container = document.getElementById("player");
   var canvas = container.querySelector("canvas");
   var player = ThyroPlayer.mount(container, {
