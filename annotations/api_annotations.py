@@ -176,6 +176,8 @@ def video_annotations(request, video_id: int):
 def annotation_detail(request, annotation_id: int):
     annotation = _visible_annotation(request, annotation_id)
     if request.method == "GET":
+        services.audit_record(user=request.user, action=AuditAction.VIEW, obj=annotation,
+                              ip_address=request.META.get("REMOTE_ADDR"), detail={"via": "api"})
         return Response(annotation_json(annotation, request.user))
     if not isinstance(request.data, dict):
         return Response({"detail": "a JSON object is expected"}, status=400)

@@ -117,6 +117,11 @@ def test_stale_save_gets_409_with_the_current_version_and_nothing_is_overwritten
     assert stale.json()["data"]["marks"][0]["frame_start"] == 7
     stored = Annotation.objects.get(pk=created.json()["id"])
     assert stored.version == 2 and [m["id"] for m in stored.data["marks"]] == ["m1"]
+    api.get(url)
+    events = AuditEvent.objects.filter(object_type="annotations.Annotation",
+                                       object_id=str(stored.pk))
+    assert list(events.order_by("id").values_list("action", flat=True)) == [
+        "create", "change", "view"]  # the refused write left no trace of a change
     # A second start returns the same annotation (one per annotator and video).
     again = api.post(f"/api/videos/{tree['video'].pk}/annotations/", {}, format="json")
     assert again.status_code == 200 and again.json()["id"] == created.json()["id"]

@@ -223,6 +223,22 @@ def test_two_windows_conflict_merge_and_offline_draft(live_server, chromium_brow
     assert sorted(m["frame_start"] for m in annotation.data["marks"]) == [3, 5]
     assert annotation.version == 3
 
+    # The merge itself, three-way by id: my deletion and my edit win, their edit of an item I
+    # left alone stays, their new item stays.
+    merged = b.evaluate("""() => {
+        const m = (id, x) => ({id: id, type: 'punctate', shape: 'point', frame_start: 1,
+                               frame_end: 1, points: [[x, x]]});
+        const base = {tracks: [], marks: [m('a', 1), m('b', 2), m('c', 3)], tirads: {}};
+        const theirs = {tracks: [], marks: [m('a', 1), m('b', 20), m('c', 3), m('d', 4)],
+                        tirads: {margin: 'smooth'}};
+        const mine = {tracks: [], marks: [m('b', 2), m('c', 30)], tirads: {shape: 'taller'}};
+        const out = thyroWorkspace.merge(base, theirs, mine);
+        return {marks: out.marks.map(x => x.id + ':' + x.points[0][0]).sort(),
+                tirads: out.tirads};
+    }""")
+    assert merged == {"marks": ["b:20", "c:30", "d:4"],
+                      "tirads": {"margin": "smooth", "shape": "taller"}}
+
     # A dropped network keeps a local draft and retries until the server has it.
     ctx_b.set_offline(True)
     goto_frame(b, 9)
