@@ -303,6 +303,19 @@ def test_review_round_trip_and_lock(live_server, chromium_browser, video, centre
     assert annotation.state == "accepted"
     assert [k["frame"] for k in annotation.data["tracks"][0]["keyframes"]] == [0, 12]
 
+    # The reviewer adjudicates the consensus from it: what training uses, once accepted.
+    from annotations.selectors import consensus_annotations_for
+
+    r.get_by_role("button", name="Start the consensus from this annotation").click()
+    r.wait_for_url("**/annotations/*/")
+    r.get_by_role("heading", name="Consensus annotation").wait_for()
+    r.wait_for_function("document.querySelector('#player canvas').dataset.frame === '0'")
+    assert not consensus_annotations_for(centre=centre_a).exists()
+    r.get_by_role("button", name="Accept").click()
+    r.get_by_test_id("state").filter(has_text="Accepted").wait_for()
+    [consensus] = consensus_annotations_for(centre=centre_a)
+    assert consensus.data["tracks"] == annotation.data["tracks"]
+
     a.reload()
     open_workspace(a, a.url)
     assert "Read only: accepted" in a.get_by_test_id("save-status").inner_text()
