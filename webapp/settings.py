@@ -342,4 +342,6 @@ THYROCINE_TRAINING = {
     "HEARTBEAT_SECONDS": float(os.environ.get("TRAINING_HEARTBEAT_SECONDS", "2")),
     "STALE_AFTER_SECONDS": float(os.environ.get("TRAINING_STALE_AFTER_SECONDS", "60")),
     "MAX_GPUS": int(os.environ.get("TRAINING_MAX_GPUS", "8")),
+    # Queue of training runs: the gpu queue, or one of their own (workers `-Q training`).
+    "QUEUE": os.environ.get("TRAINING_QUEUE", "gpu"),
 }

@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     # After a cancel, the training process group gets SIGTERM, then SIGKILL after this long.
     "CANCEL_GRACE_SECONDS": 10.0,
     "MAX_GPUS": 8,
+    # The queue training runs go to: "gpu" (settings.CELERY_TASK_ROUTES), or a queue of their
+    # own so that long runs never hold up the gpu workers' inference (the demo does this).
+    "QUEUE": "gpu",
     # Characters of the training log kept on the run row for the page's log tail.
     "LOG_TAIL_CHARS": 6000,
 }

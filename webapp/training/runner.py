@@ -149,6 +149,8 @@ class JsonlTail:
     def read(self) -> list[dict]:
         try:
             with self.path.open("rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:  # replaced: start again
+                    self.offset, self._partial = 0, b""
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:

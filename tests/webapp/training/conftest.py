@@ -165,6 +165,16 @@ class Workers:
             self.options.update(data_folder_in=str(broker / "queue"),
                                 data_folder_out=str(broker / "queue"),
                                 control_folder=str(broker / "control"))
+            self._reset_pools()
+
+    def _reset_pools(self) -> None:
+        # Pooled connections (and the producer pool built on them) remember the broker
+        # folders: start afresh whenever they change.
+        from kombu import pools
+
+        pools.reset()  # kombu's process-wide connection and producer pools
+        self.app._pool = None
+        self.app.amqp._producer_pool = None
 
     def start(self) -> subprocess.Popen:
         n = len(self.procs)
@@ -195,8 +205,7 @@ class Workers:
         self.options.clear()
         self.options.update(self.saved)
         if not self.settings.REDIS_URL:
-            self.app.pool.force_close_all()
-            self.app._pool = None
+            self._reset_pools()
 
 
 @pytest.fixture

@@ -193,3 +193,36 @@ def test_cancel_and_resume_follow_the_run_state(queued_run, engineer,
     assert ("create", ) == actions[-1][:1]
     assert sum(1 for a, d in actions if d.get("cancel")) == 2
     assert sum(1 for a, d in actions if d.get("resume")) == 1
+
+
+def test_a_worker_shutting_down_queues_the_run_again_and_it_resumes(
+        queued_run, monkeypatch, django_capture_on_commit_callbacks):
+    """A warm shutdown (SIGTERM to the worker, Ctrl-C in the demo) must not wait for the whole
+    run: the trainer stops, the run is queued again, and the next attempt continues from the
+    checkpoint."""
+    from webapp.training import runner
+    from webapp.training.services import runs
+
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        hyperparameters={**TINY, "epochs": 4})
+    seen = {}
+
+    def stopping():
+        run = TrainingRun.objects.get(pk=queued_run.pk)
+        seen["pid"] = run.process_pid
+        return run.checkpoint_epoch >= 1
+
+    monkeypatch.setattr(runs, "worker_stopping", stopping)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run = services.run_execute(run_id=queued_run.pk, attempt=1)
+    assert (run.status, run.attempt) == (RunStatus.QUEUED, 2)
+    assert len(callbacks) == 2  # the task of attempt 2, and the page's update
+    assert not runner.pid_alive(seen["pid"])
+    stopped_at = run.checkpoint_epoch
+    assert 1 <= stopped_at < 4
+
+    monkeypatch.setattr(runs, "worker_stopping", lambda: False)
+    run = services.run_execute(run_id=run.pk, attempt=2)
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    assert run.resumed_from_epoch == stopped_at
+    assert list(RunEpoch.objects.filter(run=run).values_list("epoch", flat=True)) == [1, 2, 3, 4]

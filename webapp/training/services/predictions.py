@@ -58,7 +58,7 @@ def _load_clip(name: str) -> np.ndarray:
 
 def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | None:
     """Score `video` with `version` (None when the video is not ready)."""
-    from ml.inference import predict_with_heatmaps, spec_of
+    from ml.inference import gradcam_layer_of, predict_with_heatmaps, spec_of
     from webapp.training.services.registry import model_load
 
     video = Video.objects.select_related("nodule__patient__centre").get(pk=video.pk)
@@ -70,7 +70,8 @@ def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | N
     model, config = model_load(version=version)
     clip = _load_clip(video.clip)
     t0 = time.perf_counter()
-    heat = predict_with_heatmaps(model, clip, spec_of(config))
+    heat = predict_with_heatmaps(model, clip, spec_of(config),
+                                 layer=gradcam_layer_of(model, config))
     seconds = time.perf_counter() - t0
     data = encode_heatmaps(heat)
     name = heatmaps_name(video, version)

@@ -57,6 +57,19 @@ class RunLost(Exception):
     """The row no longer belongs to this attempt (failed by the stale check, resumed...)."""
 
 
+class WorkerStopping(Exception):
+    """The worker is shutting down (warm or cold): the run goes back to the queue."""
+
+
+def worker_stopping() -> bool:
+    """Whether this Celery worker process was asked to shut down (SIGTERM, Ctrl-C). A warm
+    shutdown would otherwise wait for the run to end, however long it takes."""
+    from celery.worker import state
+
+    return any(flag is not None and flag is not False
+               for flag in (state.should_stop, state.should_terminate))
+
+
 def _notify(run: TrainingRun, **extra) -> None:
     run_notify(run.pk, {"run": run_summary(run), **extra})
 
@@ -71,9 +84,12 @@ def _notify_on_commit(run_id: int) -> None:
 
 
 def _enqueue(run: TrainingRun) -> None:
+    """Send the run's task once the row is committed, to the training queue (the gpu queue
+    unless settings put training on its own workers)."""
     from webapp.training.tasks import run_train
 
-    run_train.delay_on_commit(run.pk, run.attempt)
+    run_id, attempt, queue = run.pk, run.attempt, setting("QUEUE")
+    transaction.on_commit(lambda: run_train.apply_async(args=[run_id, attempt], queue=queue))
 
 
 def run_path(run: TrainingRun) -> Path:
@@ -324,6 +340,8 @@ class _Attempt:
                     self.apply(events)
                 if code is not None:
                     return code
+                if worker_stopping():
+                    raise WorkerStopping
                 if runner.monotonic() - last >= every:
                     last = runner.monotonic()
                     self.heartbeat()
@@ -374,6 +392,8 @@ class _Attempt:
 
             self.phase(RunPhase.TRAINING)
             resume = (self.dir / "checkpoint.pt").is_file()
+            if not resume:
+                self.start_afresh()
             command = runner.train_command(
                 data_dir=data, run_dir=self.dir, arch=run.arch, preset=run.preset,
                 hyperparameters=run.hyperparameters, gpus=run.gpus, resume=resume)
@@ -399,6 +419,32 @@ class _Attempt:
             logger.info("run %s succeeded: model v%s", run.pk, version.number)
         finally:
             self.lock.__exit__(None, None, None)
+
+    def start_afresh(self) -> None:
+        """No checkpoint (a first attempt, or one that failed before its first epoch): the
+        progress of earlier attempts goes, as ml.train starts a fresh metrics log."""
+        (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+        RunStep.objects.filter(run=self.run).delete()
+        RunEpoch.objects.filter(run=self.run).delete()
+        self.run.epoch = self.run.step = self.run.checkpoint_epoch = 0
+        self.run.resumed_from_epoch = None
+        self._save("epoch", "step", "checkpoint_epoch", "resumed_from_epoch")
+
+    def requeue(self) -> None:
+        """The worker shuts down: queue the run again as its next attempt, which continues
+        from the last checkpoint on whichever worker takes it (this one after a restart)."""
+        with transaction.atomic():
+            done = TrainingRun.objects.filter(
+                pk=self.run.pk, attempt=self.run.attempt, status=RunStatus.RUNNING,
+            ).update(status=RunStatus.QUEUED, attempt=F("attempt") + 1, phase=RunPhase.NONE,
+                     heartbeat_at=None, process_pid=None,
+                     log_tail=runner.log_tail(self.log_path, setting("LOG_TAIL_CHARS")))
+            if done:
+                self.run.refresh_from_db()
+                logger.warning("run %s: the worker is shutting down; queued again as attempt "
+                               "%s", self.run.pk, self.run.attempt)
+                _enqueue(self.run)
+                _notify_on_commit(self.run.pk)
 
     def finish(self, status: str, reason: str) -> bool:
         tail = runner.log_tail(self.log_path, setting("LOG_TAIL_CHARS"))
@@ -436,6 +482,8 @@ def run_execute(*, run_id: int, attempt: int, worker: str = "") -> TrainingRun |
         job.finish(RunStatus.CANCELLED, f"Cancelled by {who}.")
     except RunLost:
         logger.warning("run %s attempt %s: the row was taken over; stopped", run_id, attempt)
+    except WorkerStopping:
+        job.requeue()
     except RunFailed as exc:
         job.finish(RunStatus.FAILED, str(exc))
     except Exception as exc:  # noqa: BLE001 - the run fails with a reason; the worker lives on
