@@ -10,6 +10,7 @@ and arrays in, a `Processed` out; `annotations.services` stores the files and th
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from ml import video as mlvideo
 from ml.video import ClipBuilder, Region, VideoError, VideoInfo
 
 MasksFor = Callable[[int, int], Iterable[Region]]
+ENCODERS = 2  # JPEG encoder threads
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,14 @@ def _header_info(path: Path, container: str, max_side: int) -> tuple[VideoInfo, 
     return VideoInfo(container, codec, fps, 0, width, height, 0.0), max(declared, 0)
 
 
+def _is_gray(rgb: np.ndarray, tolerance: int = 4) -> bool:
+    """Whether the three channels agree within `tolerance` on every 8th pixel of every 8th
+    row (colour flow and coloured overlays are never that thin)."""
+    sample = rgb[::8, ::8].astype(np.int16)
+    return bool(np.abs(sample[..., 0] - sample[..., 1]).max() <= tolerance
+                and np.abs(sample[..., 2] - sample[..., 1]).max() <= tolerance)
+
+
 def too_few_frames(count: int, minimum: int) -> VideoError:
     noun = "frame" if count == 1 else "frames"
     return VideoError(
@@ -176,7 +186,13 @@ def process_video(
     quality = [int(cv2.IMWRITE_JPEG_QUALITY), options.jpeg_quality]
 
     def encode(rgb: np.ndarray) -> bytes:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
+        # B-mode frames are gray (R = G = B up to codec rounding): one channel is a smaller
+        # JPEG, faster to write and to decode in the player. Colour (Doppler, coloured
+        # overlays) keeps its colour.
+        if _is_gray(rgb):
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., 1]), quality)
+        else:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
             raise VideoError("a frame could not be encoded as JPEG")
         return buf.tobytes()
@@ -186,11 +202,12 @@ def process_video(
         head.clear()
         yield from frames
 
-    # JPEG encoding runs beside decoding: OpenCV releases the GIL, so on two cores the
-    # frame store costs little more than the decode itself. One frame in flight at most.
+    # JPEG encoding (the costliest step: a 720p speckle frame takes longer to encode than to
+    # decode) runs in `ENCODERS` threads beside decoding; OpenCV releases the GIL. Results are
+    # taken in order, with a few frames in flight at most (bounded memory).
     count = 0
-    pending = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
         for frame in all_frames():
             if builder is None:
                 height, width = frame.shape[:2]
@@ -201,12 +218,12 @@ def process_video(
             builder.add(frame)
             if count == thumb_at:
                 thumbnail = frame.copy()
-            if pending is not None:
-                writer.add(pending.result())
-            pending = pool.submit(encode, frame)
+            if len(pending) > 2 * ENCODERS:
+                writer.add(pending.popleft().result())
+            pending.append(pool.submit(encode, frame))
             count += 1
-        if pending is not None:
-            writer.add(pending.result())
+        while pending:
+            writer.add(pending.popleft().result())
     writer.flush()
     t_decode = time.perf_counter()
 

@@ -5,8 +5,9 @@ needs just to decode it, and the memory the web and worker processes need for a 
     .venv/bin/python benchmarks/ingest.py --big-gb 2      # and a 2 GB upload, received and
                                                           # processed in separate processes
 
-1. Writes a 60-second, 30 fps, 1280x720 MP4 (MPEG-4 Part 2, what OpenCV writes): a speckle
-   texture sliding under the probe, per-frame noise, a static banner with a fake name.
+1. Writes a 60-second, 30 fps, 1280x720 MP4 (MPEG-4 Part 2, what OpenCV writes): a synthetic
+   sweep (`ml.synthetic`: speckle, nodule, burned-in overlay) played forth and back, upscaled,
+   with per-frame noise.
 2. The decode floor: `cv2.VideoCapture.read()` over every frame, nothing else.
 3. The whole processing, as the worker runs it (`annotations.services.video_process`): SHA-256,
    duplicate check, magic bytes, de-identification into storage, one decoding pass with region
@@ -40,15 +41,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def speckle_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A log-compressed Rayleigh speckle field, larger than the frame so it can slide."""
-    rng = np.random.default_rng(seed)
-    field = rng.normal(size=(height, width)) + 1j * rng.normal(size=(height, width))
-    amp = np.abs(field).astype(np.float32)
-    amp = cv2.GaussianBlur(amp, (0, 0), sigmaX=2.5, sigmaY=1.2)
-    depth = np.linspace(1.0, 0.45, height, dtype=np.float32)[:, None]
-    img = 40 * np.log1p(6 * amp * depth)
-    return np.clip(img, 0, 255).astype(np.uint8)
+def sweep_source(n: int = 60, seed: int = 0) -> np.ndarray:
+    """A synthetic sweep from `ml.synthetic` (speckle, a nodule, calcifications, the centre's
+    burned-in overlay) at its native size, (n, H, W, 3) RGB."""
+    from ml.synthetic import generate_one
+
+    return generate_one(seed, 0, frames=n).frames
 
 
 def write_big(path: Path, *, fps: float, size: tuple[int, int], max_bytes: int) -> int:
@@ -69,36 +67,28 @@ def write_big(path: Path, *, fps: float, size: tuple[int, int], max_bytes: int) 
     return n
 
 
-def write_sweep(path: Path, *, frames: int, fps: float, size: tuple[int, int], fourcc: str,
-                quality: int | None = None, max_bytes: int | None = None) -> int:
-    """Write a synthetic sweep; stops at `frames` or once the file reaches `max_bytes`."""
+def write_sweep(path: Path, *, frames: int, fps: float, size: tuple[int, int],
+                fourcc: str) -> int:
+    """Write a sweep of `frames` frames at `size`: the synthetic sweep played forth and back,
+    upscaled, with fresh noise in every frame (so no two frames are identical)."""
     width, height = size
-    texture = speckle_texture(height + 64, width + 4 * 600)
+    source = sweep_source()
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    if quality is not None:
-        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality)
     if not writer.isOpened():
         raise SystemExit(f"OpenCV cannot write {fourcc} to {path}")
     rng = np.random.default_rng(1)
-    top = 64
-    n = 0
+    period = 2 * len(source) - 2
     try:
-        while n < frames:
-            x = (4 * n) % 2400  # the probe slides 4 px a frame
-            image = texture[:height - top, x : x + width - 160]
-            noise = rng.integers(-6, 7, image.shape, dtype=np.int16)
-            frame = np.zeros((height, width, 3), np.uint8)
-            pixels = np.clip(image + noise, 0, 255).astype(np.uint8)
-            frame[top:, 80 : width - 80] = pixels[..., None]
-            cv2.putText(frame, "DOE^JANE  ID 0042-7781  2024-03-05", (20, 40),
-                        cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
-            writer.write(frame)
-            n += 1
-            if max_bytes and n % 100 == 0 and path.stat().st_size >= max_bytes:
-                break
+        for n in range(frames):
+            k = n % period
+            rgb = source[k if k < len(source) else period - k]
+            frame = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (width, height),
+                               interpolation=cv2.INTER_LINEAR)
+            noise = rng.integers(-3, 4, frame.shape[:2], dtype=np.int16)[..., None]
+            writer.write(np.clip(frame + noise, 0, 255).astype(np.uint8))
     finally:
         writer.release()
-    return n
+    return frames
 
 
 def decode_floor(path: Path) -> tuple[float, int]:

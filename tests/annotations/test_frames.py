@@ -59,6 +59,9 @@ def test_frame_n_is_the_nth_decoded_frame(ready_video, client, centre_a):
         assert response.status_code == 200
         assert abs(gray_level(response.content) - (5 * index + 20)) <= 3, index
     assert client.get(f"{base}/frames/{N}.jpg").status_code == 404
+    # A gray (B-mode) frame is stored as a one-channel JPEG: smaller, faster to decode.
+    jpeg = np.frombuffer(client.get(f"{base}/frames/3.jpg").content, np.uint8)
+    assert cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED).ndim == 2
 
 
 def test_chunks_hold_consecutive_frames_for_prefetch(ready_video, client, centre_a):

@@ -158,6 +158,9 @@ def test_burned_in_text_of_us1_is_blanked_with_the_centres_banner_mask(nodule, c
     for area in (banner, caption, footer):
         assert original[area].max() > 200
         assert frame[area].max() < 40 and frame[area].mean() < 1.0
+    # Colour flow stays in colour (the frame is stored as a colour JPEG).
+    doppler = frame[150:290, 90:310].astype(int)
+    assert np.abs(doppler[..., 0] - doppler[..., 2]).max() > 100
     thumb = default_storage.open(video.thumbnail).read()
     thumb = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert thumb[: thumb.shape[0] * 100 // 480 - 2].max() < 40
