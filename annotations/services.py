@@ -3,6 +3,7 @@ memberships leaves an audit event."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -602,39 +603,54 @@ def upload_path(upload: UploadSession) -> Path:
 def upload_append(*, upload: UploadSession, offset: int, stream, max_bytes: int) -> UploadSession:
     """Append the request body `stream` at `offset`, a block at a time (memory stays bounded
     whatever the file size). Bytes received before a dropped connection count: the client
-    resumes from the stored offset. The last byte registers the video."""
-    with transaction.atomic():
-        upload = UploadSession.objects.select_for_update().get(pk=upload.pk)
-        if upload.status != UploadStatus.RECEIVING:
-            raise ValidationError(f"This upload is {upload.get_status_display().lower()}.")
-        if offset != upload.offset:
+    resumes from the stored offset. The last byte registers the video.
+
+    No database transaction spans the body, which may take minutes to arrive: a lock on the
+    part file keeps two requests from writing at once, and the offset moves by a conditional
+    update."""
+    upload.refresh_from_db()
+    if upload.status != UploadStatus.RECEIVING:
+        raise ValidationError(f"This upload is {upload.get_status_display().lower()}.")
+    if offset != upload.offset:
+        raise OffsetMismatch(upload.offset)
+    path = upload_path(upload)
+    received = 0
+    error: Exception | None = None
+    with path.open("r+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OffsetMismatch(upload.offset) from None  # another request is appending
+        upload.refresh_from_db(fields=["offset", "status"])
+        if offset != upload.offset or upload.status != UploadStatus.RECEIVING:
             raise OffsetMismatch(upload.offset)
-        path = upload_path(upload)
-        received = 0
-        error: Exception | None = None
-        with path.open("r+b") as f:
-            f.seek(offset)
-            f.truncate()
-            try:
-                while received < max_bytes:
-                    block = stream.read(min(1024 * 1024, max_bytes - received))
-                    if not block:
-                        break
-                    if offset + received + len(block) > upload.length:
-                        raise ValidationError("The upload is longer than its declared length.")
-                    f.write(block)
-                    received += len(block)
-            except ValidationError:
-                f.truncate(offset)
-                raise
-            except OSError as exc:  # the connection dropped: keep what arrived
-                error = exc
-            f.flush()
-            os.fsync(f.fileno())
-        upload.offset = offset + received
-        upload.save(update_fields=["offset", "updated_at"])
-        if error is None and upload.offset == upload.length:
-            _upload_finish(upload)
+        f.seek(offset)
+        f.truncate()
+        try:
+            while received < max_bytes:
+                block = stream.read(min(1024 * 1024, max_bytes - received))
+                if not block:
+                    break
+                if offset + received + len(block) > upload.length:
+                    raise ValidationError("The upload is longer than its declared length.")
+                f.write(block)
+                received += len(block)
+        except ValidationError:
+            f.truncate(offset)
+            raise
+        except OSError as exc:  # the connection dropped: keep what arrived
+            error = exc
+        f.flush()
+        os.fsync(f.fileno())
+        with transaction.atomic():
+            moved = UploadSession.objects.filter(
+                pk=upload.pk, offset=offset, status=UploadStatus.RECEIVING
+            ).update(offset=offset + received, updated_at=timezone.now())
+            if not moved:  # pragma: no cover - the file lock makes this unreachable
+                raise OffsetMismatch(UploadSession.objects.get(pk=upload.pk).offset)
+            upload.offset = offset + received
+            if error is None and upload.offset == upload.length:
+                _upload_finish(upload)
     if error is not None:
         raise error
     return upload

@@ -71,6 +71,8 @@ INSTALLED_APPS = [
     "annotations",
     "webapp.portal",
     "webapp.training",
+    "webapp.dashboards",
+    "webapp.review",
 ]
 
 MIDDLEWARE = [
@@ -117,7 +119,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not ":memory:", so that a Celery worker subprocess in the tests sees the same
     # test database as the test process.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # IMMEDIATE: a transaction takes the write lock when it begins, so a worker and the web
+    # process never deadlock upgrading read locks (SQLite answers "database is locked").
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "annotations.User"
