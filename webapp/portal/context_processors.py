@@ -18,5 +18,7 @@ def navigation(request) -> dict:
             "admin_site": can_platform(user, PlatformAction.ADMINISTER),
             "training": can_platform(user, PlatformAction.TRAIN)
             or can_platform(user, PlatformAction.PROMOTE),
+            # Every signed-in user: the dashboards show only the centres one may view.
+            "dashboards": True,
         }
     }
