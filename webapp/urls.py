@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("webapp.portal.urls")),
     path("", include("annotations.urls")),
     path("", include("webapp.training.urls")),
+    path("review/", include("webapp.review.urls")),
     path("", include("webapp.dashboards.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -18,6 +18,8 @@ def navigation(request) -> dict:
             "admin_site": can_platform(user, PlatformAction.ADMINISTER),
             "training": can_platform(user, PlatformAction.TRAIN)
             or can_platform(user, PlatformAction.PROMOTE),
+            "review": can_platform(user, PlatformAction.ADMINISTER)
+            or user.reader_studies.exists(),
             # Every signed-in user: the dashboards show only the centres one may view.
             "dashboards": True,
         }

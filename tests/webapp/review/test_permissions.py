@@ -1,0 +1,119 @@
+"""Who sees what, as a table: role x page -> status. Platform administrators set up studies
+and see results and the export; a reader sees the studies they read in and their own reading
+pages; everyone else gets 404. Reading pages never show pathology."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from annotations.models import PlatformRole
+from tests.conftest import make_user
+from webapp.review import services
+from webapp.review.models import Design, ReaderStudy
+
+ROLES = ["annotator", "reader", "centre_admin", PlatformRole.ML_ENGINEER,
+         PlatformRole.PLATFORM_ADMIN, "study_reader", "other_study_reader"]
+
+# page -> roles that get 200 (everyone else: 404; the list page answers 200 to everyone,
+# and shows only the studies they may see).
+ALLOWED = {
+    "review-study-new": {"platform_admin"},
+    "review-study": {"platform_admin", "study_reader"},
+    "review-read": {"study_reader"},
+    "review-results": {"platform_admin"},
+    "review-export": {"platform_admin"},
+}
+
+
+@pytest.fixture
+def setup(world, centre_a, centre_b):
+    study = services.study_create(user=world["admin"], name="Blinded study",
+                                  design=Design.SEQUENTIAL, videos=world["videos"],
+                                  readers=world["readers"])
+    other = services.study_create(user=world["admin"], name="Other study",
+                                  design=Design.SEQUENTIAL, videos=world["videos"],
+                                  readers=[(make_user("annotator", centre_b), "junior"),
+                                           (world["senior"], "senior")])
+    users = {role: make_user(role, centre_a) for role in ROLES[:4]}
+    users["platform_admin"] = world["admin"]
+    users["study_reader"] = world["junior"]
+    users["other_study_reader"] = other.readers.get(user__username="annotator-cb").user
+    return study, other, users
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("page", list(ALLOWED))
+def test_page_permissions(setup, role, page):
+    study, _, users = setup
+    client = Client()
+    client.force_login(users[role])
+    url = reverse(page) if page == "review-study-new" else reverse(page, args=[study.pk])
+    expected = 200 if role in ALLOWED[page] else 404
+    assert client.get(url).status_code == expected
+
+
+@pytest.mark.parametrize("role, visible", [
+    ("platform_admin", {"Blinded study", "Other study"}),
+    ("study_reader", {"Blinded study"}),
+    ("other_study_reader", {"Other study"}),
+    ("reader", set()),
+    (PlatformRole.ML_ENGINEER, set()),
+])
+def test_study_list_shows_only_studies_the_user_may_see(setup, role, visible):
+    _, _, users = setup
+    client = Client()
+    client.force_login(users[role])
+    page = client.get(reverse("review-studies")).content.decode()
+    for name in {"Blinded study", "Other study"}:
+        assert (name in page) is (name in visible)
+
+
+def test_only_platform_admins_create_studies_through_the_form(world, centre_a):
+    data = {"name": "Posted", "design": "sequential", "washout_days": 0, "seed": 0,
+            "videos": [str(v.pk) for v in world["videos"]],
+            "juniors": [str(world["junior"].pk)], "seniors": [str(world["senior"].pk)]}
+    client = Client()
+    client.force_login(make_user("centre_admin", centre_a))
+    assert client.post(reverse("review-study-new"), data).status_code == 404
+    assert not ReaderStudy.objects.exists()
+    client.force_login(world["admin"])
+    response = client.post(reverse("review-study-new"), data)
+    study = ReaderStudy.objects.get(name="Posted")
+    assert response.status_code == 302 and study.readers.count() == 2
+    # A rule broken: the service's message on the form, nothing created.
+    response = client.post(reverse("review-study-new"), {**data, "name": "Short",
+                                                         "videos": data["videos"][:3]})
+    assert "at least 2 malignant and 2 benign" in response.content.decode()
+    assert not ReaderStudy.objects.filter(name="Short").exists()
+
+
+def test_reading_pages_are_blinded(setup, world):
+    study, _, users = setup
+    client = Client()
+    client.force_login(users["study_reader"])
+    pages = []
+    for _ in range(2):  # the unaided and the aided read of the first case
+        page = client.get(reverse("review-read", args=[study.pk]))
+        pages.append(page.content.decode())
+        read = page.context["read"]
+        client.post(reverse("review-read-submit", args=[study.pk, read.pk]),
+                    {"likelihood": 70, "call": "malignant", "tirads_level": 4})
+    video = read.case.video
+    pathology = video.nodule.pathology
+    for html in pages:
+        for secret in (pathology.get_diagnosis_display(), "Papillary", video.nodule.code,
+                       video.nodule.patient.code):
+            assert secret not in html
+    assert "Model" not in pages[0] and "model-probability" in pages[1]
+
+
+def test_chunks_only_for_the_reader_of_the_read(setup):
+    study, _, users = setup
+    read = study.readers.get(user=users["study_reader"]).reads.first()
+    url = reverse("review-case-chunk", args=[study.pk, read.pk, 0])
+    for role in ("platform_admin", "other_study_reader", "senior"):
+        client = Client()
+        client.force_login(users.get(role) or study.readers.get(experience="senior").user)
+        assert client.get(url).status_code == 404
