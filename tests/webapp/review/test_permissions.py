@@ -117,3 +117,20 @@ def test_chunks_only_for_the_reader_of_the_read(setup):
         client = Client()
         client.force_login(users.get(role) or study.readers.get(experience="senior").user)
         assert client.get(url).status_code == 404
+
+
+def test_washout_page_refuses_the_aided_session_with_its_date(world):
+    study = services.study_create(user=world["admin"], name="Washout", design=Design.WASHOUT,
+                                  washout_days=28, videos=world["videos"],
+                                  readers=world["readers"])
+    client = Client()
+    client.force_login(world["junior"])
+    for _ in range(4):
+        read = client.get(reverse("review-read", args=[study.pk])).context["read"]
+        assert read.modality == "unaided"
+        client.post(reverse("review-read-submit", args=[study.pk, read.pk]),
+                    {"likelihood": 20, "call": "benign", "tirads_level": 2})
+    response = client.get(reverse("review-read", args=[study.pk]))
+    assert response.status_code == 409
+    assert "aided session opens on" in response.content.decode()
+    assert "washout of 28 days" in response.content.decode()
