@@ -23,6 +23,8 @@ $PY manage.py import_cases "$CASES/manifest.csv" --no-progress \
   || echo "import_cases rejected some demo rows (reasons above)" >&2
 # Annotations from the generator's ground truth, in every review state (idempotent).
 $PY manage.py seed_demo_annotations "$CASES"
+# A finished reader study over the demo cases, read by simulated readers (deterministic).
+$PY manage.py seed_demo_reader_study
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
