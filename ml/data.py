@@ -316,9 +316,10 @@ def _warp_mask(mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     bilinearly and kept wherever it touches an output pixel."""
     rank = _CODE_TO_RANK[mask]
     out = np.zeros(mask.shape, np.uint8)
+    marked = np.flatnonzero(rank.any(axis=(1, 2)))  # most frames have no mark: skip them
     for r in range(1, int(rank.max(initial=0)) + 1):
-        level = _warp((rank >= r).astype(np.float32), matrix, cv2.INTER_LINEAR)
-        out += level > 0.05
+        level = _warp((rank[marked] >= r).astype(np.float32), matrix, cv2.INTER_LINEAR)
+        out[marked] += level > 0.05
     return _RANK_TO_CODE[out]
 
 
@@ -335,6 +336,7 @@ class ClipSpec:
     spatial_dims: int = 3  # 3: clip (1, T, H, W); 2: key frame (1, H, W)
     roi: bool = True  # crop to the union nodule box and its frames (when the case has boxes)
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
+    normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ClipSpec:
@@ -393,6 +395,21 @@ def nodule_frames(boxes: np.ndarray | None, n: int, margin: float = 0.1) -> tupl
         return 0, n - 1
     pad = int(round(margin * (shown[-1] - shown[0] + 1)))
     return max(0, int(shown[0]) - pad), min(n - 1, int(shown[-1]) + pad)
+
+
+def normalise_intensity(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Map gray levels so the reference frames' median lands at 0.4 and their 10th-90th
+    percentile range spans 0.25, clipped to [0, 1].
+
+    Centres differ in gain, dynamic range and time-gain compensation (an external centre is a
+    domain shift), while what matters is relative echogenicity: a nodule darker than the
+    parenchyma, a focus brighter than the speckle. The reference is the whole image of the
+    sampled frames, mostly parenchyma, so a dark or bright nodule does not normalise itself
+    away. The constants keep parenchyma mid-grey, anechoic fluid near 0 and foci near 1.
+    """
+    p10, p50, p90 = np.percentile(reference[:, ::2, ::2], (10, 50, 90))
+    scale = max(float(p90 - p10), 8.0)  # a blank clip must not blow noise up
+    return np.clip(0.4 + 0.25 * (x - p50) / scale, 0.0, 1.0)
 
 
 def _key_frame_candidates(boxes: np.ndarray | None, n: int) -> np.ndarray:
@@ -457,9 +474,10 @@ def prepare_clip(
         jitter = (rng.uniform(*aug.crop_scale), *rng.uniform(-aug.crop_shift, aug.crop_shift, 2))
     x0, y0, x1, y1 = roi_crop_box(roi_boxes, (h0, w0), spec.roi_margin, jitter=jitter)
     order = np.argsort(idx, kind="stable")  # memory maps read fastest in order
-    frames = np.empty((len(idx), y1 - y0, x1 - x0), np.uint8)
-    frames[order] = clip[idx[order], y0:y1, x0:x1]
-    x = resize_clip(frames, spec.size) / 255.0  # (T, H, W)
+    full = np.empty((len(idx), h0, w0), np.uint8)
+    full[order] = clip[idx[order]]
+    x = resize_clip(full[:, y0:y1, x0:x1], spec.size)  # (T, H, W) float32, 0..255
+    x = normalise_intensity(x, full) if spec.normalise else x / 255.0
     m = None
     if mask is not None:
         m = np.empty((len(idx), y1 - y0, x1 - x0), np.uint8)

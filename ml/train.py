@@ -57,6 +57,7 @@ class TrainConfig:
     size: int = 64  # model input side in pixels (square)
     roi: bool = True  # crop to the annotated nodule (union box over the sweep) when present
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
+    normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     augment: bool = True  # ml.data.AugmentSpec defaults during training
     batch_size: int = 8  # per process; the effective batch is x grad_accum x world size
     epochs: int = 20  # upper bound; early stopping may end sooner
@@ -66,6 +67,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # floor of the cosine schedule
     grad_accum: int = 1  # micro-batches per optimiser step
     grad_clip: float = 1.0  # max gradient norm (0 = off)
+    ema_decay: float = 0.0  # exponential moving average of the weights per step (0 = off);
+    # validation, best weights and the threshold then use the average
     attention_loss_weight: float = 0.5  # weak supervision of attention by calcification masks;
     # used only when the batch has masks and the model has attention maps
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
@@ -91,6 +94,7 @@ class TrainConfig:
             spatial_dims=spatial_dims,
             roi=self.roi,
             roi_margin=self.roi_margin,
+            normalise=self.normalise,
         )
 
 
@@ -339,6 +343,7 @@ def train_one_epoch(
     steps_total: int,
     metrics: MetricsLog,
     show_progress: bool = False,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> tuple[float, int]:
     """One pass over the training loader; returns (mean loss, global optimiser step)."""
     from tqdm import tqdm
@@ -377,6 +382,8 @@ def train_one_epoch(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(raw_model)
         step += 1
         bar.set_postfix(loss=f"{total / count:.4f}")
         if step % cfg.log_every == 0 or step == steps_total:
@@ -521,6 +528,13 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
                             batch_size=cfg.batch_size, **loader_kw)
 
     optimizer = make_optimizer(raw_model, cfg)
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                            use_buffers=True)
+    eval_model = raw_model if ema is None else ema.module
     steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
     steps_total = steps_per_epoch * cfg.epochs
     warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
@@ -534,6 +548,8 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     if resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         raw_model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -563,18 +579,19 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
         sampler.set_epoch(epoch)
         train_loss, step = train_one_epoch(
             model, raw_model, train_loader, optimizer, scheduler, scaler, cfg, device, epoch,
-            step, steps_total, metrics, show_progress and dist.is_main)
-        val = evaluate(raw_model, val_loader, device, cfg, dist)
+            step, steps_total, metrics, show_progress and dist.is_main, ema)
+        val = evaluate(eval_model, val_loader, device, cfg, dist)
         improved = _better(val["auroc"], val["loss"], best)
         if improved:
             best.update(epoch=epoch, auroc=val["auroc"], loss=val["loss"], stale=0)
             if dist.is_main:
-                save_weights(raw_model, run_dir / "model.safetensors")
+                save_weights(eval_model, run_dir / "model.safetensors")
         else:
             best["stale"] += 1
         if dist.is_main:
             state = {
                 "model": raw_model.state_dict(),
+                "ema": None if ema is None else ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -602,8 +619,8 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     # Freeze the operating point on validation with the best weights.
     if dist.enabled:
         torch_dist.barrier()
-    load_weights(raw_model, run_dir / "model.safetensors")
-    val = evaluate(raw_model, val_loader, device, cfg, dist)
+    load_weights(eval_model, run_dir / "model.safetensors")
+    val = evaluate(eval_model, val_loader, device, cfg, dist)
     threshold = youden_threshold(val["labels"], val["probs"])
     config.update(threshold=threshold, best_epoch=best["epoch"] + 1,
                   best_val_auroc=_json_float(best["auroc"]))

@@ -260,8 +260,8 @@ def _marker_clip(t=10, h=48, w=64):
 def test_mask_follows_clip_through_training_augmentation(seed):
     clip, mask, boxes = _marker_clip()
     aug = AugmentSpec(gamma=(1, 1), contrast=(1, 1), brightness=0, speckle=0)
-    out = prepare_clip(clip, ClipSpec(frames=6, size=(32, 32)), boxes=boxes, mask=mask,
-                       train=True, augment=aug, rng=np.random.default_rng(seed))
+    out = prepare_clip(clip, ClipSpec(frames=6, size=(32, 32), normalise=False), boxes=boxes,
+                       mask=mask, train=True, augment=aug, rng=np.random.default_rng(seed))
     x, m = out["clip"][0], out["mask"]
     assert x.shape == (6, 32, 32) and m.shape == (6, 32, 32) and x.dtype == np.float32
     for k in range(6):
@@ -285,6 +285,21 @@ def test_prepare_clip_eval_is_deterministic_and_uses_the_roi():
     full = prepare_clip(clip, ClipSpec(frames=5, size=(20, 20), roi=False), boxes=boxes)
     assert full["crop_box"] == (0, 0, 64, 48)
     assert a["clip"].min() >= 0 and a["clip"].max() <= 1
+
+
+def test_normalisation_removes_gain_and_offset():
+    rng = np.random.default_rng(0)
+    base = rng.normal(100, 20, (8, 48, 48)).clip(0, 255)
+    base[:, 20:24, 20:24] = 40  # a dark nodule
+    base[:, 22, 22] = 230  # a bright focus
+    spec = ClipSpec(frames=8, size=(48, 48))
+    a = prepare_clip(base.astype(np.uint8), spec)["clip"]
+    b = prepare_clip((base * 0.7 + 30).astype(np.uint8), spec)["clip"]  # another scanner
+    assert np.abs(a - b).mean() < 0.01
+    assert np.median(a) == pytest.approx(0.4, abs=0.01)
+    assert a[0, 0, 22, 22] > 0.8 and a[0, 0, 21, 21] < 0.2
+    raw = prepare_clip(base.astype(np.uint8), ClipSpec(frames=8, size=(48, 48), normalise=False))
+    assert raw["clip"].max() == pytest.approx(230 / 255, abs=0.01)
 
 
 def test_prepare_clip_2d_takes_the_key_frame():

@@ -142,7 +142,7 @@ class Interrupt(Exception):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, tiny_models):
-    cfg = tiny_config(epochs=3, num_workers=1)  # a worker process, as in real runs
+    cfg = tiny_config(epochs=3, num_workers=1, ema_decay=0.9)  # a worker, as in real runs
     full = tmp_path / "full"
     train(cfg, tiny, full)
 
