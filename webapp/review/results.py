@@ -94,10 +94,14 @@ def study_results(*, study: ReaderStudy) -> dict:
             out[modality] = _metrics(truth, rating, malignant)
             out[modality]["seconds"] = mean(reads[c]["seconds"] or 0.0 for c in cases)
             if model is not None:
-                test = delong_roc_test(truth[scored_idx], model_scores, rating[scored_idx])
-                out[modality]["vs_model"] = {"difference": test.difference,
-                                             "ci": (test.ci_low, test.ci_high),
-                                             "p_value": test.p_value}
+                try:
+                    test = delong_roc_test(truth[scored_idx], model_scores, rating[scored_idx])
+                except ValueError as exc:  # fewer than 2 cases of a class
+                    out[modality]["vs_model"] = {"error": str(exc)}
+                else:
+                    out[modality]["vs_model"] = {"difference": test.difference,
+                                                 "ci": (test.ci_low, test.ci_high),
+                                                 "p_value": test.p_value}
         out["accuracy_change"] = _change(out["unaided"]["accuracy"], out["aided"]["accuracy"])
         readers.append(out)
 

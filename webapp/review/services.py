@@ -50,8 +50,10 @@ class WashoutNotOver(Exception):
             f"washout of {days} day{'s' if days != 1 else ''} after your unaided session.")
 
 
-MIN_PER_CLASS = 2  # the Obuchowski-Rockette analysis needs 2 diseased and 2 non-diseased
-MIN_READERS = 2  # and 2 readers (random-reader variance)
+# An AUROC needs a case of each class; the DeLong tests and the Obuchowski-Rockette analysis
+# need two of each (the results page says so when a pilot study has fewer).
+MIN_PER_CLASS = 1
+MIN_READERS = 2  # the random-reader analysis needs two readers
 
 
 def _label_source(video: Video) -> str:
@@ -102,7 +104,7 @@ def study_create(
     n_benign = len(labelled) - n_malignant
     if n_malignant < MIN_PER_CLASS or n_benign < MIN_PER_CLASS:
         raise ValidationError(
-            f"Choose at least {MIN_PER_CLASS} malignant and {MIN_PER_CLASS} benign cases "
+            f"Choose at least {MIN_PER_CLASS} malignant and {MIN_PER_CLASS} benign case(s) "
             f"(chosen: {n_malignant} malignant, {n_benign} benign).")
 
     users = [u for u, _ in readers]

@@ -11,6 +11,8 @@ urlpatterns = [
          name="review-read-submit"),
     path("studies/<int:study_id>/reads/<int:read_id>/chunks/<int:chunk>", views.case_chunk,
          name="review-case-chunk"),
+    path("studies/<int:study_id>/reads/<int:read_id>/heatmaps.bin", views.case_heatmaps,
+         name="review-case-heatmaps"),
     path("studies/<int:study_id>/results/", views.study_results_page, name="review-results"),
     path("studies/<int:study_id>/export.csv", views.study_export, name="review-export"),
 ]

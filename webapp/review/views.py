@@ -18,6 +18,7 @@ from annotations.framestore import chunk_name
 from annotations.labels import BENIGN, MALIGNANT, label_expression
 from annotations.models import User, Video, VideoStatus
 from ml.mrmc import to_mrmc_rows
+from webapp.dashboards.heatmaps import heatmap_bytes
 from webapp.review import selectors, services
 from webapp.review.forms import ReadForm, StudyForm
 from webapp.review.models import Design, Experience, Modality, Read
@@ -127,13 +128,19 @@ def _render_read(request, study, reader, read: Read, form: ReadForm, status: int
                                                   "chunk": 0})
     player = {"frameCount": video.frame_count or 0, "fps": video.fps or 25,
               "chunkSize": video.frames_chunk_size or 32, "chunkBase": chunk0[:-1]}
+    prediction = (selectors.prediction_for_case(study=study, case=read.case)
+                  if read.modality == Modality.AIDED else None)
+    if prediction is not None and prediction.heatmaps and len(prediction.region) == 4:
+        player["heatmapUrl"] = reverse("review-case-heatmaps",
+                                       kwargs={"study_id": study.pk, "read_id": read.pk})
+        player["region"] = prediction.region
     return render(request, "review/read.html", {
         "study": study, "read": read, "form": form, "progress": progress,
         "case_number": read.order // 2 + 1 if study.design == Design.SEQUENTIAL
         else session_reads.filter(order__lte=read.order).count(),
         "n_cases": n_cases, "aided": read.modality == Modality.AIDED,
         "has_frames": video.status == VideoStatus.READY and bool(video.frames_prefix),
-        "player": player}, status=status)
+        "player": player, "heatmap": "heatmapUrl" in player}, status=status)
 
 
 @login_required
@@ -171,6 +178,23 @@ def case_chunk(request, study_id: int, read_id: int, chunk: int):
         response = HttpResponse(f.read(), content_type="application/octet-stream")
     response["X-Frame-Start"] = str(chunk * size)
     response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@login_required
+def case_heatmaps(request, study_id: int, read_id: int):
+    """The model's Grad-CAM of the case, for its reader's aided read only (the unaided read
+    must stay unaided); the browser binary of webapp/dashboards/heatmaps.py."""
+    study, reader = _reader_or_404(request, study_id)
+    read = get_object_or_404(Read.objects.select_related("case"), pk=read_id, reader=reader,
+                             modality=Modality.AIDED, started_at__isnull=False)
+    prediction = selectors.prediction_for_case(study=study, case=read.case)
+    if prediction is None or not prediction.heatmaps:
+        raise Http404("No heatmaps")
+    response = HttpResponse(heatmap_bytes(prediction.heatmaps),
+                            content_type="application/octet-stream")
+    response["Content-Encoding"] = "gzip"
+    response["Cache-Control"] = "private, max-age=86400"
     return response
 
 

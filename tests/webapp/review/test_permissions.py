@@ -84,8 +84,8 @@ def test_only_platform_admins_create_studies_through_the_form(world, centre_a):
     assert response.status_code == 302 and study.readers.count() == 2
     # A rule broken: the service's message on the form, nothing created.
     response = client.post(reverse("review-study-new"), {**data, "name": "Short",
-                                                         "videos": data["videos"][:3]})
-    assert "at least 2 malignant and 2 benign" in response.content.decode()
+                                                         "videos": data["videos"][:2]})
+    assert "at least 1 malignant and 1 benign" in response.content.decode()
     assert not ReaderStudy.objects.filter(name="Short").exists()
 
 
@@ -134,3 +134,42 @@ def test_washout_page_refuses_the_aided_session_with_its_date(world):
     assert response.status_code == 409
     assert "aided session opens on" in response.content.decode()
     assert "washout of 28 days" in response.content.decode()
+
+
+def test_heatmap_only_in_the_aided_read_of_its_reader(world, settings, tmp_path):
+    import io
+
+    import numpy as np
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from webapp.dashboards.heatmaps import decode
+
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path / "media")}}}
+    gradcam = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, gradcam=gradcam)
+    name = default_storage.save("heatmaps/test.npz", ContentFile(buffer.getvalue()))
+    world["version"].predictions.update(heatmaps=name, region=[0, 0, 4, 3])
+    study = services.study_create(user=world["admin"], name="Heat", design=Design.SEQUENTIAL,
+                                  videos=world["videos"], readers=world["readers"])
+    reader = study.readers.get(user=world["junior"])
+    client = Client()
+    client.force_login(world["junior"])
+    unaided = client.get(reverse("review-read", args=[study.pk])).context["read"]
+    url = reverse("review-case-heatmaps", args=[study.pk, unaided.pk])
+    assert client.get(url).status_code == 404  # the unaided read stays unaided
+    client.post(reverse("review-read-submit", args=[study.pk, unaided.pk]),
+                {"likelihood": 70, "call": "malignant", "tirads_level": 4})
+    page = client.get(reverse("review-read", args=[study.pk]))
+    aided = page.context["read"]
+    assert aided.modality == "aided" and 'data-testid="show-heatmap"' in page.content.decode()
+    url = reverse("review-case-heatmaps", args=[study.pk, aided.pk])
+    response = client.get(url)
+    assert response.status_code == 200
+    assert np.array_equal(decode(response.content)[0], gradcam)
+    client.force_login(world["senior"])
+    assert client.get(url).status_code == 404
+    assert reader.reads.filter(modality="aided", started_at__isnull=False).count() == 1

@@ -130,3 +130,23 @@ def test_results_wait_for_the_study_to_finish(world):
     client.force_login(world["admin"])
     page = client.get(reverse("review-results", args=[study.pk])).content.decode()
     assert "still open" in page
+
+
+def test_a_two_case_pilot_reports_what_it_cannot_test(world, centre_a):
+    videos = world["videos"][1:3]  # one malignant, one benign
+    study = services.study_create(user=world["admin"], name="Pilot", design=Design.SEQUENTIAL,
+                                  videos=videos, readers=world["readers"])
+    for reader in study.readers.all():
+        while (read := services.read_start_next(reader=reader)) is not None:
+            services.read_submit(read=read, likelihood=60 if read.case.truth else 40,
+                                 call="malignant" if read.case.truth else "benign",
+                                 tirads_level=3)
+    results = study_results(study=study)
+    assert results["readers"][0]["aided"]["auroc"] == 1.0
+    assert "at least 2 positive and 2 negative" in results["readers"][0]["aided"]["vs_model"][
+        "error"]
+    assert "at least 2 diseased" in results["groups"][-1]["mrmc"]["error"]
+    client = Client()
+    client.force_login(world["admin"])
+    assert "at least 2 diseased" in client.get(
+        reverse("review-results", args=[study.pk])).content.decode()

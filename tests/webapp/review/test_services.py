@@ -45,7 +45,7 @@ def _bad_videos(world, centre_a):
         "not_ready": world["videos"] + [labelled_video(centre_a, True,
                                                        status=VideoStatus.PROCESSING)],
         "no_label": world["videos"] + [VideoFactory(nodule=indeterminate)],
-        "one_benign": world["videos"][:3],
+        "no_benign": world["videos"][:2],
     }
 
 
@@ -55,7 +55,7 @@ def _bad_videos(world, centre_a):
     ({"design": Design.WASHOUT, "washout_days": 0}, "at least one day"),
     ({"videos": "not_ready"}, "not ready"),
     ({"videos": "no_label"}, "no known label"),
-    ({"videos": "one_benign"}, "at least 2 malignant and 2 benign"),
+    ({"videos": "no_benign"}, "at least 1 malignant and 1 benign"),
     ({"readers": "one"}, "at least 2 readers"),
     ({"readers": "twice"}, "listed twice"),
     ({"readers": "bad_experience"}, "junior or senior"),
