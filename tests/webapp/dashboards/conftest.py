@@ -28,13 +28,27 @@ def media(settings, tmp_path):
     return tmp_path / "media"
 
 
-def heatmaps_npz(seed: int, frames: int = T) -> bytes:
-    rng = np.random.default_rng(seed)
+def blob_maps(seed: int, frames: int = T, h: int = H, w: int = W) -> np.ndarray:
+    """(frames, h, w) uint8: a Gaussian blob that moves across the frame over time, brighter in
+    the middle of the sweep, as a calcification seen in a few frames is."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((frames, h, w), np.uint8)
+    for t in range(frames):
+        cx = (seed + t) % w
+        cy = h / 2
+        peak = 1 - abs(t - frames / 2) / frames
+        blob = peak * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (w / 5) ** 2))
+        out[t] = np.round(blob * 255).astype(np.uint8)
+    return out
+
+
+def heatmaps_npz(seed: int, frames: int = T, h: int = H, w: int = W) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, gradcam=rng.integers(0, 256, (frames, H, W), dtype=np.uint8),
-                        attention=rng.integers(0, 256, (K, frames, H, W), dtype=np.uint8),
+    gradcam = blob_maps(seed, frames, h, w)
+    attention = np.stack([blob_maps(seed + 3, frames, h, w), blob_maps(seed + 6, frames, h, w)])
+    np.savez_compressed(buf, gradcam=gradcam, attention=attention,
                         frame_indices=np.arange(frames, dtype=np.int32),
-                        crop_box=np.array([0, 0, W, H], np.int32))
+                        crop_box=np.array([0, 0, w, h], np.int32))
     return buf.getvalue()
 
 
