@@ -75,7 +75,7 @@ def split_refusal(development: list[Centre], external: list[Centre]) -> str | No
     return hp.split_refusal(counts, make_config("small").min_per_class)
 
 
-def render_top_up(folder: Path, log: Log) -> Path:
+def render_top_up(folder: Path, log: Log, alive: Callable[[], bool]) -> Path:
     """Synthetic sweeps of the top-up hospitals as an import folder (once)."""
     from ml.synthetic import MANIFEST_COLUMNS, plan_cases, render_case, write_video
 
@@ -87,6 +87,8 @@ def render_top_up(folder: Path, log: Log) -> Path:
              if p.row()["centre"] in TOP_UP_CENTRES]
     log(f"rendering {len(plans)} synthetic sweeps for {', '.join(TOP_UP_CENTRES)}")
     for plan in plans:
+        if not alive():
+            raise DemoStopped("the demo stopped")
         case = render_case(plan, TOP_UP_FRAMES)
         (folder / plan.video).parent.mkdir(parents=True, exist_ok=True)
         write_video(folder / plan.video, case.frames, case.fps)
@@ -99,14 +101,18 @@ def render_top_up(folder: Path, log: Log) -> Path:
     return manifest
 
 
-def import_top_up(folder: Path, log: Log) -> None:
+def import_top_up(folder: Path, log: Log, alive: Callable[[], bool]) -> None:
     """Import the top-up cases, processed here (not by the workers, which stay free)."""
     from annotations import imports
 
-    manifest = render_top_up(folder, log)
+    manifest = render_top_up(folder, log, alive)
     rows = imports.read_manifest(manifest, imports.CASE_COLUMNS[:4])
-    results = [imports.import_case_row(row, base=folder, line=i, create_centres=True,
-                                       inline=True) for i, row in enumerate(rows, start=2)]
+    results = []
+    for line, row in enumerate(rows, start=2):
+        if not alive():
+            raise DemoStopped("the demo stopped")
+        results.append(imports.import_case_row(row, base=folder, line=line,
+                                               create_centres=True, inline=True))
     done = sum(r.outcome != imports.REJECTED for r in results)
     log(f"imported {done} of {len(rows)} top-up cases")
 
@@ -129,7 +135,7 @@ def demo_model(*, folder: Path, log: Log, alive: Callable[[], bool] = lambda: Tr
         external = own[-1:]
         development = own[:-1]
         if split_refusal(development, external):
-            import_top_up(folder, log)
+            import_top_up(folder, log, alive)
             centres = list(Centre.objects.order_by("code"))
             external = [c for c in centres if c.code == TOP_UP_CENTRES[-1]]
             development = [c for c in centres if c not in external]
