@@ -2,7 +2,7 @@
 services as people do (webapp.review.services), with seeded noise, so the results page and
 the export have something true to show. Deterministic: same cases, same model, same reads.
 
-A simulated reader's unaided likelihood is centred on 30 (benign) or 70 (malignant) with
+A simulated reader's unaided likelihood is centred on 35 (benign) or 65 (malignant) with
 reader noise (juniors noisier than seniors). Aided, it moves half-way towards the model's
 probability when the model scored the video; otherwise towards the truth, with less noise."""
 
@@ -22,10 +22,10 @@ from webapp.review.selectors import prediction_for_case
 
 DEMO_STUDY_NAME = "Demo reader study (simulated readers)"
 DEMO_READERS = [  # username, experience, noise SD of the likelihood (points)
-    ("sim-junior-1", Experience.JUNIOR, 24.0),
-    ("sim-junior-2", Experience.JUNIOR, 20.0),
-    ("sim-senior-1", Experience.SENIOR, 13.0),
-    ("sim-senior-2", Experience.SENIOR, 11.0),
+    ("sim-junior-1", Experience.JUNIOR, 26.0),
+    ("sim-junior-2", Experience.JUNIOR, 22.0),
+    ("sim-senior-1", Experience.SENIOR, 18.0),
+    ("sim-senior-2", Experience.SENIOR, 15.0),
 ]
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a fixed reading day: reads are reproducible
 
@@ -73,13 +73,13 @@ def demo_reader_study_seed(*, centre_codes: list[str], seed: int = 0,
         while (read := services.read_start_next(reader=reader, now=clock)) is not None:
             truth = read.case.truth
             if read.modality == Modality.UNAIDED:
-                likelihood = _clip(30 + 40 * truth + rng.gauss(0, sd))
+                likelihood = _clip(35 + 30 * truth + rng.gauss(0, sd))
                 unaided[read.case_id] = likelihood
                 seconds = rng.uniform(35, 90)
             else:
                 prediction = prediction_for_case(study=study, case=read.case)
                 target = (100 * prediction.probability if prediction is not None
-                          else 15 + 70 * truth)
+                          else 20 + 60 * truth)
                 likelihood = _clip(0.5 * unaided[read.case_id] + 0.5 * target
                                    + rng.gauss(0, sd / 2))
                 seconds = rng.uniform(15, 45)

@@ -54,6 +54,9 @@ def _mrmc(rows: list[dict]) -> dict | None:
     # Modalities sort as ("aided", "unaided"), so the difference is aided minus unaided.
     diff = result.differences[0]
     assert (diff.modality_a, diff.modality_b) == (Modality.AIDED, Modality.UNAIDED)
+    if not (diff.se > 0 and np.isfinite(diff.df)):
+        return {"error": "No variability to test: every reader's AUROC is the same in both "
+                         f"modalities ({diff.estimate:+.3f} difference)."}
     aucs = dict(zip(result.modalities, result.modality_auc, strict=True))
     return {"auc_unaided": float(aucs[Modality.UNAIDED]), "auc_aided": float(aucs[Modality.AIDED]),
             "difference": diff.estimate, "ci": (diff.ci_low, diff.ci_high), "df": diff.df,

@@ -150,3 +150,15 @@ def test_a_two_case_pilot_reports_what_it_cannot_test(world, centre_a):
     client.force_login(world["admin"])
     assert "at least 2 diseased" in client.get(
         reverse("review-results", args=[study.pk])).content.decode()
+
+
+def test_mrmc_without_variability_says_so_instead_of_p_zero(world):
+    study = services.study_create(user=world["admin"], name="Perfect", design=Design.SEQUENTIAL,
+                                  videos=world["videos"], readers=world["readers"])
+    for reader in study.readers.all():
+        while (read := services.read_start_next(reader=reader)) is not None:
+            services.read_submit(read=read, likelihood=90 if read.case.truth else 10,
+                                 call="malignant" if read.case.truth else "benign",
+                                 tirads_level=3)
+    mrmc = study_results(study=study)["groups"][-1]["mrmc"]
+    assert "No variability" in mrmc["error"]
