@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webapp.review import views
+from webapp.review import api, views
 
 urlpatterns = [
     path("studies/", views.study_list, name="review-studies"),
@@ -15,4 +15,8 @@ urlpatterns = [
          name="review-case-heatmaps"),
     path("studies/<int:study_id>/results/", views.study_results_page, name="review-results"),
     path("studies/<int:study_id>/export.csv", views.study_export, name="review-export"),
+    path("api/studies/", api.study_list, name="api-review-studies"),
+    path("api/studies/<int:study_id>/reading/", api.reading_state, name="api-review-reading"),
+    path("api/studies/<int:study_id>/reads/<int:read_id>/", api.read_submit,
+         name="api-review-read-submit"),
 ]
