@@ -140,7 +140,7 @@ def import_case_row(
                 patient, _ = Patient.objects.get_or_create(centre=centre, code=row["patient"])
                 nodule, _ = Nodule.objects.get_or_create(patient=patient, code=row["nodule"])
                 if pathology is not None:
-                    services.pathology_save(user=None, nodule=nodule, check=False, **pathology)
+                    services.pathology_save(user=None, nodule=nodule, **pathology)
                 shutil.copyfile(source, incoming)
                 video = services.video_register(
                     nodule=nodule, incoming=incoming, filename=source.name,
@@ -186,7 +186,7 @@ def import_pathology_row(row: dict, *, line: int, dry_run: bool = False) -> RowR
             services.pathology_validate(**fields, date=date)
             return RowResult(line, IMPORTED, "would be recorded (dry run)", notes=notes)
         with transaction.atomic():
-            services.pathology_save(user=None, nodule=nodule, check=False, date=date, **fields)
+            services.pathology_save(user=None, nodule=nodule, date=date, **fields)
         return RowResult(line, IMPORTED, f"pathology of {nodule}", notes=notes)
     except (Rejected, services.ValidationError) as exc:
         return RowResult(line, REJECTED, str(exc), notes=notes)

@@ -272,11 +272,11 @@ def pathology_validate(
 @transaction.atomic
 def pathology_save(
     *, user: User | None, nodule: Nodule, outcome: str, source: str, diagnosis: str = "",
-    bethesda: str = "", date=None, check: bool = True,
+    bethesda: str = "", date=None,
 ) -> Pathology:
-    """Create or replace the reference standard of `nodule`."""
-    if check:
-        _require(user, Action.CHANGE, nodule.patient.centre)
+    """Create or replace the reference standard of `nodule` (`user` None: the trusted
+    command line, e.g. import_cases)."""
+    _require(user, Action.CHANGE, nodule.patient.centre)
     pathology_validate(outcome=outcome, source=source, diagnosis=diagnosis, bethesda=bethesda,
                        date=date)
     pathology, created = Pathology.objects.update_or_create(
