@@ -60,7 +60,7 @@ class SnapshotViewSet(TrainingViewMixin, mixins.CreateModelMixin,
         snapshot = self.call(services.snapshot_freeze, name=v["name"],
                              centres=[centres[c] for c in v["centres"]],
                              external_centres=[centres[c] for c in v["external_centres"]],
-                             seed=v["seed"])
+                             seed=v["seed"], only_accepted=v["only_accepted"])
         return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED)
 
 

@@ -3,7 +3,7 @@ model in the worker, promote it, and let the workers score every demo video.
 
 The demo imports only a handful of cases per centre, fewer than a patient-level split needs
 (ml.train wants at least 2 cases of each class in train and in validation). When that is so,
-two more synthetic hospitals (C3, C4) are rendered with `ml.synthetic` and imported, C4 held
+three more synthetic hospitals (C3-C5) are rendered with `ml.synthetic` and imported, C5 held
 out as the external test centre. Everything is done as the demo's ML engineer, through the
 same services as the pages, so the snapshot, run, promotion and predictions are ordinary,
 audited rows.
@@ -24,12 +24,13 @@ from webapp.training import selectors, services
 from webapp.training.models import ModelVersion, Prediction, RunStatus, TrainingRun
 
 DEMO_USER = "mlengineer"
-TOP_UP_CENTRES = ("C3", "C4")  # rendered when the demo's own cases are too few to train on
-TOP_UP_NODULES = 22  # per centre
+# Rendered when the demo's own cases are too few to train on: nodules per centre, the last
+# centre (the external test one) smaller.
+TOP_UP = {"C3": 20, "C4": 20, "C5": 12}
 TOP_UP_SEED = 11
 TOP_UP_FRAMES = 32
 # Small enough for a few minutes on a laptop CPU, large enough to learn the synthetic foci.
-HYPERPARAMETERS = {"frames": 16, "size": 64, "epochs": 6, "batch_size": 8, "lr": 0.002,
+HYPERPARAMETERS = {"frames": 16, "size": 64, "epochs": 10, "batch_size": 8, "lr": 0.002,
                    "warmup_epochs": 0.5, "patience": 0, "log_every": 2}
 
 Log = Callable[[str], None]
@@ -57,8 +58,9 @@ def processing_done() -> bool:
         status__in=[VideoStatus.UPLOADED, VideoStatus.PROCESSING]).exists()
 
 
-def split_refusal(development: list[Centre], external: list[Centre]) -> str | None:
-    """Why a snapshot of these centres could not train the demo model, or None."""
+def split_refusal(development: list[Centre], external: list[Centre], seed: int = 0
+                  ) -> str | None:
+    """Why a snapshot of these centres (split with `seed`) could not train the demo model."""
     from ml.data import patient_level_split
     from ml.train import make_config
     from webapp.training.services.snapshots import FRACTIONS, eligible_cases
@@ -66,7 +68,8 @@ def split_refusal(development: list[Centre], external: list[Centre]) -> str | No
     cases, _ = eligible_cases(centres=development + external)
     if not cases:
         return "no eligible case"
-    split = patient_level_split(cases, FRACTIONS, external_centres=[c.code for c in external])
+    split = patient_level_split(cases, FRACTIONS, external_centres=[c.code for c in external],
+                                seed=seed)
     counts: dict = {}
     for c in cases:
         block = counts.setdefault(split[c["case_id"]], {"n": 0, "benign": 0, "malignant": 0})
@@ -82,10 +85,14 @@ def render_top_up(folder: Path, log: Log, alive: Callable[[], bool]) -> Path:
     manifest = folder / "manifest.csv"
     if manifest.is_file():
         return manifest
-    count = int(TOP_UP_CENTRES[-1][1:])
-    plans = [p for p in plan_cases(count, TOP_UP_NODULES, TOP_UP_SEED)
-             if p.row()["centre"] in TOP_UP_CENTRES]
-    log(f"rendering {len(plans)} synthetic sweeps for {', '.join(TOP_UP_CENTRES)}")
+    codes = list(TOP_UP)
+    plans, taken = [], dict.fromkeys(codes, 0)
+    for plan in plan_cases(int(codes[-1][1:]), max(TOP_UP.values()), TOP_UP_SEED):
+        centre = plan.row()["centre"]
+        if centre in TOP_UP and taken[centre] < TOP_UP[centre]:
+            plans.append(plan)
+            taken[centre] += 1
+    log(f"rendering {len(plans)} synthetic sweeps for {', '.join(codes)}")
     for plan in plans:
         if not alive():
             raise DemoStopped("the demo stopped")
@@ -131,16 +138,21 @@ def demo_model(*, folder: Path, log: Log, alive: Callable[[], bool] = lambda: Tr
     run = TrainingRun.objects.filter(created_by=user).exclude(
         status__in=[RunStatus.FAILED, RunStatus.CANCELLED]).first()
     if run is None:
-        own = [c for c in Centre.objects.order_by("code") if c.code not in TOP_UP_CENTRES]
-        external = own[-1:]
-        development = own[:-1]
+        own = [c for c in Centre.objects.order_by("code") if c.code not in TOP_UP]
+        development, external = own[:-1], own[-1:]
         if split_refusal(development, external):
             import_top_up(folder, log, alive)
             centres = list(Centre.objects.order_by("code"))
-            external = [c for c in centres if c.code == TOP_UP_CENTRES[-1]]
+            external = [c for c in centres if c.code == list(TOP_UP)[-1]]
             development = [c for c in centres if c not in external]
+        seed = next((s for s in range(20) if not split_refusal(development, external, s)),
+                    None)
+        if seed is None:
+            log(f"the demo cases cannot train a model: {split_refusal(development, external)}")
+            return None
         snapshot = services.snapshot_freeze(
-            user=user, name="Demo snapshot", centres=development, external_centres=external)
+            user=user, name="Demo snapshot", centres=development, external_centres=external,
+            seed=seed)
         log(f"snapshot {snapshot.pk}: {snapshot.counts}")
         with transaction.atomic():
             run = services.run_create(user=user, snapshot=snapshot, arch="irv2_cam",

@@ -21,6 +21,10 @@ class SnapshotForm(forms.Form):
         queryset=Centre.objects.all(), widget=forms.CheckboxSelectMultiple, required=False,
         label="External-test centres",
         help_text="Held out whole: every case of these centres is external test.")
+    only_accepted = forms.BooleanField(
+        required=False, label="Only cases with an accepted consensus annotation",
+        help_text="Otherwise every labelled case with a ready video; annotated ones bring "
+                  "their calcification masks and nodule boxes.")
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0,
                               help_text="Seed of the split.")
 

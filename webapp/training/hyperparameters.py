@@ -38,6 +38,8 @@ PARAMETERS: tuple[Param, ...] = (
           "Weight of the attention supervision (used when cases have calcification masks)."),
     Param("seed", int, 0, 2**31 - 1, "Model initialisation, sampling and augmentation."),
     Param("augment", bool, help="Training augmentation."),
+    Param("roi", bool, help="Crop to the annotated nodule where a case has boxes (then "
+                            "predictions crop to the accepted annotation's boxes too)."),
     Param("num_workers", int, 0, 64, "Data loader processes per GPU."),
     Param("log_every", int, 1, 100000, "Optimiser steps between loss points."),
 )

@@ -39,6 +39,9 @@ class DatasetSnapshot(models.Model):
     counts = models.JSONField(default=dict)  # {split: {n, benign, malignant}}
     centre_counts = models.JSONField(default=dict)  # {centre: {split: n}}
     excluded = models.JSONField(default=dict)  # {reason: number of nodules}
+    # Only cases whose video has an accepted consensus annotation (None in snapshots frozen
+    # before annotations existed: no).
+    only_accepted = models.BooleanField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -68,6 +71,12 @@ class SnapshotCase(models.Model):
     clip = models.CharField(max_length=200)
     clip_shape = models.JSONField(default=list)
     frames_version = models.PositiveIntegerField(default=0)
+    region = models.JSONField(null=True, blank=True)  # [x, y, w, h]: the clip in frame pixels
+    # The accepted consensus annotation used, frozen: its id and version, and the document
+    # itself (annotations may be reopened and edited later; the snapshot keeps what it used).
+    annotation_id = models.PositiveIntegerField(null=True, blank=True)
+    annotation_version = models.PositiveIntegerField(null=True, blank=True)
+    annotation = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["snapshot_id", "case_id"]
@@ -270,6 +279,10 @@ class Prediction(models.Model):
     frame_indices = models.JSONField(default=list)  # frames the model sampled
     crop_box = models.JSONField(default=list)  # [x0, y0, x1, y1] in clip pixels
     seconds = models.FloatField(default=0)
+    # The accepted consensus whose nodule boxes cropped the input (models trained on ROI
+    # crops), or None: the whole ultrasound image.
+    boxes_annotation_id = models.PositiveIntegerField(null=True, blank=True)
+    boxes_annotation_version = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,7 +12,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetSnapshot
         fields = ["id", "name", "created_at", "centres", "external_centres", "eligibility",
-                  "seed", "fractions", "counts", "centre_counts", "excluded"]
+                  "seed", "fractions", "only_accepted", "counts", "centre_counts", "excluded"]
         read_only_fields = fields
 
 
@@ -23,6 +23,8 @@ class SnapshotCreateSerializer(serializers.Serializer):
     external_centres = serializers.ListField(child=serializers.SlugField(max_length=16),
                                              required=False, default=list)
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    only_accepted = serializers.BooleanField(
+        default=False, help_text="Only cases with an accepted consensus annotation.")
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -71,7 +73,8 @@ class PredictionSerializer(serializers.ModelSerializer):
         model = Prediction
         fields = ["id", "video", "model_version", "model_version_number", "probability",
                   "predicted_label", "threshold", "frames_version", "clip_shape", "region",
-                  "frame_indices", "crop_box", "attention_maps", "heatmaps_bytes",
+                  "frame_indices", "crop_box", "boxes_annotation_id",
+                  "boxes_annotation_version", "attention_maps", "heatmaps_bytes",
                   "heatmaps_url", "created_at"]
         read_only_fields = fields
 

@@ -129,7 +129,8 @@ def snapshot_list(request):
                 user=request.user, name=form.cleaned_data["name"],
                 centres=list(form.cleaned_data["centres"]),
                 external_centres=list(form.cleaned_data["external_centres"]),
-                seed=form.cleaned_data["seed"])
+                seed=form.cleaned_data["seed"],
+                only_accepted=form.cleaned_data["only_accepted"])
         except services.PermissionDenied as exc:
             return HttpResponseForbidden(str(exc))
         except services.ValidationError as exc:

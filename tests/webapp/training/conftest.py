@@ -215,3 +215,23 @@ def workers(transactional_db, training_env, tmp_path, settings):
         yield pool
     finally:
         pool.close()
+
+
+# A nodule track and a punctate focus, in frame pixels of the test videos (region 10, 20,
+# 320 x 240 -> clip 32 x 32).
+ANNOTATION = {
+    "tracks": [{"id": "t1", "label": "nodule", "shape": "box", "keyframes": [
+        {"frame": 0, "box": [90, 100, 250, 220]}, {"frame": 11, "box": [110, 110, 270, 230]}]}],
+    "marks": [{"id": "m1", "type": "punctate", "shape": "point", "frame_start": 3,
+               "frame_end": 8, "points": [[170, 160]]}],
+}
+
+
+def accept_consensus(video, doc: dict = ANNOTATION, version: int = 3):
+    """The reviewer's accepted consensus annotation of `video` (what training uses)."""
+    from annotations.annotation_format import validate_document
+    from annotations.models import Annotation, AnnotationState
+
+    return Annotation.objects.create(
+        video=video, is_consensus=True, state=AnnotationState.ACCEPTED, version=version,
+        data=validate_document(doc, n_frames=video.frame_count))

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from annotations.models import Video
 from ml.inference import gradcam_layer_of, predict_with_heatmaps, spec_of
 from tests.conftest import make_user
-from tests.webapp.training.conftest import make_case, make_version
+from tests.webapp.training.conftest import accept_consensus, make_case, make_version
 from webapp.training import services
 from webapp.training.models import (
     DatasetSnapshot,
@@ -110,3 +110,22 @@ def test_predictions_follow_the_tenancy_of_their_video(version, centre_a, centre
     assert [p["id"] for p in listing["results"]] == ([prediction.pk] if visible else [])
     download = api.get(f"/files/predictions/{prediction.pk}/heatmaps.npz")
     assert download.status_code == (200 if visible else 404)
+
+
+def test_a_model_trained_on_nodule_crops_reads_the_accepted_annotations_boxes(version,
+                                                                              centre_a):
+    assert version.config["spec"]["roi"] is True
+    _, plain = make_case(centre_a, label=1, seed=1)
+    _, annotated = make_case(centre_a, label=1, seed=2)
+    annotation = accept_consensus(annotated)
+    whole = services.prediction_compute(video=plain, version=version)
+    cropped = services.prediction_compute(video=annotated, version=version)
+    assert whole.crop_box == [0, 0, 32, 32] and whole.boxes_annotation_id is None
+    assert (cropped.boxes_annotation_id, cropped.boxes_annotation_version) == (
+        annotation.pk, 3)
+    x0, y0, x1, y1 = cropped.crop_box
+    assert (x1 - x0, y1 - y0) != (32, 32) or (x0, y0) != (0, 0)
+    maps = load_heatmaps(cropped)
+    outside = np.ones((32, 32), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not maps["gradcam"][:, outside].any()  # nothing outside the crop the model saw

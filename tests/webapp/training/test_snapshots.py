@@ -3,6 +3,7 @@ immutability, and the export that `python -m ml train` reads."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -12,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, transaction
 
 from tests.conftest import make_user
-from tests.webapp.training.conftest import frozen_snapshot, make_case
+from tests.webapp.training.conftest import accept_consensus, frozen_snapshot, make_case
 from webapp.training import services
 from webapp.training.models import DatasetSnapshot, SnapshotCase
 
@@ -38,7 +39,7 @@ def test_freeze_splits_by_patient_stratified_with_external_centre(cohort, engine
     for split in ("train", "val", "internal_test", "external_test"):
         labels = [c.label for c in cases if c.split == split]
         assert snapshot.counts[split] == {"n": len(labels), "benign": labels.count(0),
-                                          "malignant": labels.count(1)}
+                                          "malignant": labels.count(1), "annotated": 0}
         assert 0 < sum(labels) < len(labels), split
     assert snapshot.counts["train"]["n"] > 3 * snapshot.counts["val"]["n"]
     assert snapshot.external_centres == ["CB"] and snapshot.centres == ["CA"]
@@ -123,3 +124,55 @@ def test_export_names_the_case_whose_clip_is_gone(cohort, engineer, tmp_path):
     with pytest.raises(CommandError, match=f"case {case.case_id} .*processed again"):
         call_command("export_dataset", "--snapshot", str(snapshot.pk),
                      "--out", str(tmp_path / "out"))
+
+
+def test_accepted_annotations_are_frozen_and_exported_as_masks_and_boxes(cohort, engineer,
+                                                                         tmp_path):
+    from annotations.annotation_format import training_targets
+    from annotations.models import Annotation, Video
+    from ml.data import ClipDataset, ClipSpec, read_manifest
+
+    videos = list(Video.objects.filter(nodule__patient__centre=cohort["development"])
+                  .order_by("pk")[:6])
+    annotations = [accept_consensus(v) for v in videos]
+    snapshot = frozen_snapshot(engineer, cohort)
+    annotated = {c.video_id: c for c in snapshot.cases.exclude(annotation_id=None)}
+    assert set(annotated) == {v.pk for v in videos}
+    case = annotated[videos[0].pk]
+    assert (case.annotation_id, case.annotation_version) == (annotations[0].pk, 3)
+    assert case.region == [10, 20, 320, 240]
+    assert sum(c.get("annotated", 0) for c in snapshot.counts.values()) == 6
+    frozen = dict(case.annotation)
+    # Reopened and edited later: the snapshot keeps the version it used.
+    Annotation.objects.filter(pk=annotations[0].pk).update(
+        version=4, data={**frozen, "marks": []})
+
+    out = tmp_path / "export"
+    call_command("export_dataset", "--snapshot", str(snapshot.pk), "--out", str(out))
+    records = {r.case_id: r for r in read_manifest(out)}
+    assert sum(1 for r in records.values() if r.mask) == 6
+    record = records[case.case_id]
+    mask, boxes = training_targets(frozen, n_frames=12, region=[10, 20, 320, 240],
+                                   clip_hw=(32, 32))
+    assert np.array_equal(np.load(out / record.mask), mask)
+    assert np.array_equal(np.load(out / record.boxes), boxes, equal_nan=True)
+    assert (mask == 1).any()  # the punctate focus survives, in the frames it was marked
+    assert not mask[:3].any() and mask[3:9].any()
+    assert np.isfinite(boxes).all()
+    ds = ClipDataset(out, None, ClipSpec(frames=8, size=(32, 32)))
+    item = ds[[r.case_id for r in ds.records].index(case.case_id)]
+    assert bool(item["has_mask"]) and int(item["mask"].max()) == 1
+    assert json.loads((out / "dataset.json").read_text())["annotations"][case.case_id] == {
+        "id": annotations[0].pk, "version": 3}
+
+
+def test_only_accepted_annotations(cohort, engineer):
+    from annotations.models import Video
+
+    for video in Video.objects.order_by("pk")[:30]:
+        accept_consensus(video)
+    snapshot = services.snapshot_freeze(user=engineer, name="annotated",
+                                        centres=[cohort["development"]], only_accepted=True)
+    assert snapshot.only_accepted and snapshot.n_cases == 30
+    assert not snapshot.cases.filter(annotation_id=None).exists()
+    assert snapshot.excluded == {"no accepted consensus annotation": 10}

@@ -56,6 +56,21 @@ def _load_clip(name: str) -> np.ndarray:
         return np.load(io.BytesIO(f.read()), allow_pickle=False)
 
 
+def _nodule_boxes(video: Video):
+    """(boxes (T, 4) in clip pixels, annotation) from the video's accepted consensus, for
+    models trained on crops around the nodule (ml.inference.predict's contract); (None,
+    None) without one: the model then sees the whole ultrasound image."""
+    from annotations.models import Annotation, AnnotationState
+    from annotations.workspace import annotation_training_targets
+
+    annotation = Annotation.objects.filter(video=video, is_consensus=True,
+                                           state=AnnotationState.ACCEPTED).first()
+    targets = annotation_training_targets(annotation=annotation) if annotation else None
+    if targets is None or not np.isfinite(targets[1]).all(axis=1).any():
+        return None, None
+    return targets[1], annotation
+
+
 def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | None:
     """Score `video` with `version` (None when the video is not ready)."""
     from ml.inference import gradcam_layer_of, predict_with_heatmaps, spec_of
@@ -68,9 +83,11 @@ def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | N
     if existing is not None and existing.frames_version == video.frames_version:
         return existing
     model, config = model_load(version=version)
+    spec = spec_of(config)
     clip = _load_clip(video.clip)
+    boxes, annotation = _nodule_boxes(video) if spec.roi else (None, None)
     t0 = time.perf_counter()
-    heat = predict_with_heatmaps(model, clip, spec_of(config),
+    heat = predict_with_heatmaps(model, clip, spec, boxes=boxes,
                                  layer=gradcam_layer_of(model, config))
     seconds = time.perf_counter() - t0
     data = encode_heatmaps(heat)
@@ -92,6 +109,8 @@ def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | N
         "frame_indices": [int(i) for i in heat.frame_indices],
         "crop_box": [int(v) for v in heat.crop_box],
         "seconds": round(seconds, 3),
+        "boxes_annotation_id": annotation.pk if annotation else None,
+        "boxes_annotation_version": annotation.version if annotation else None,
     }
     try:
         with transaction.atomic():
