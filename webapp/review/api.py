@@ -14,12 +14,14 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from webapp.review import selectors, services
-from webapp.review.models import Call, Design, Modality, Read
+from webapp.review.models import Design, Modality, Read
 
 
 class ReadSubmitSerializer(serializers.Serializer):
     likelihood = serializers.IntegerField(min_value=0, max_value=100)
-    call = serializers.ChoiceField(choices=Call.choices)
+    # benign | malignant, checked by the service (a ChoiceField would add a second "CallEnum"
+    # to the OpenAPI schema, which drf-spectacular warns about).
+    call = serializers.CharField(max_length=16)
     tirads_level = serializers.IntegerField(min_value=1, max_value=5, required=False,
                                             allow_null=True)
     tirads_features = serializers.DictField(required=False, allow_null=True)
