@@ -149,6 +149,9 @@ def read_submit(request, study_id: int, read_id: int):
     study, reader = _reader_or_404(request, study_id)
     read = get_object_or_404(Read.objects.select_related("case__video"), pk=read_id,
                              reader=reader)
+    if read.submitted_at is not None:  # a resubmitted form (back button, double click)
+        messages.info(request, "That case was already read; here is your next one.")
+        return redirect("review-read", study_id=study.pk)
     form = ReadForm(request.POST)
     if form.is_valid():
         try:

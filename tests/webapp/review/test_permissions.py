@@ -173,3 +173,18 @@ def test_heatmap_only_in_the_aided_read_of_its_reader(world, settings, tmp_path)
     client.force_login(world["senior"])
     assert client.get(url).status_code == 404
     assert reader.reads.filter(modality="aided", started_at__isnull=False).count() == 1
+
+
+def test_a_resubmitted_read_changes_nothing_and_moves_on(world):
+    study = services.study_create(user=world["admin"], name="Twice", design=Design.SEQUENTIAL,
+                                  videos=world["videos"], readers=world["readers"])
+    client = Client()
+    client.force_login(world["junior"])
+    read = client.get(reverse("review-read", args=[study.pk])).context["read"]
+    url = reverse("review-read-submit", args=[study.pk, read.pk])
+    client.post(url, {"likelihood": 70, "call": "malignant", "tirads_level": 4})
+    again = client.post(url, {"likelihood": 10, "call": "benign", "tirads_level": 1},
+                        follow=True)
+    assert again.context["read"].pk != read.pk
+    read.refresh_from_db()
+    assert (read.likelihood, read.call) == (70, "malignant")
