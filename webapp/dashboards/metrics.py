@@ -62,20 +62,11 @@ def performance(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     return out
 
 
-def _aligned(cases: LabelledCases, scores: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The cases that have a score: (mask over cases, their probabilities)."""
-    have = np.fromiter((v in scores for v in cases.video_ids.tolist()), bool,
-                       count=cases.video_ids.size)
-    probs = np.fromiter((scores[v] for v in cases.video_ids[have].tolist()), float,
-                        count=int(have.sum()))
-    return have, probs
-
-
-def version_performance(cases: LabelledCases, scores: dict, threshold: float) -> dict:
+def version_performance(cases: LabelledCases, scores: np.ndarray, threshold: float) -> dict:
     """{"overall": performance, "centres": {code: performance}} over the cases with a
-    prediction of the version."""
-    have, p = _aligned(cases, scores)
-    y, centres = cases.labels[have], cases.centres[have]
+    prediction of the version (`scores`: (N,) probabilities, NaN where there is none)."""
+    have = ~np.isnan(scores)
+    y, p, centres = cases.labels[have], scores[have], cases.centres[have]
     return {
         "overall": performance(y, p, threshold),
         "centres": {str(c): performance(y[centres == c], p[centres == c], threshold)
@@ -84,32 +75,28 @@ def version_performance(cases: LabelledCases, scores: dict, threshold: float) ->
     }
 
 
-def comparison(cases: LabelledCases, versions: list, selected, all_scores: dict) -> list[dict]:
+def comparison(cases: LabelledCases, versions: list, selected, scores: np.ndarray) -> list[dict]:
     """One row per registered version: AUROC on the cases it shares with the selected version,
-    the selected version's AUROC on the same cases, and the paired DeLong p-value."""
-    base = all_scores.get(selected.pk, {})
+    the selected version's AUROC on the same cases, and the paired DeLong p-value.
+    `scores`: (len(versions), N), NaN where a version has no prediction."""
+    base = scores[[v.pk for v in versions].index(selected.pk)]
     rows = []
-    for v in versions:
-        scores = all_scores.get(v.pk, {})
-        shared = np.fromiter((vid in scores and vid in base for vid in cases.video_ids.tolist()),
-                             bool, count=cases.video_ids.size)
-        ids = cases.video_ids[shared].tolist()
-        y = cases.labels[shared]
-        a = np.array([base[i] for i in ids], float)
-        b = np.array([scores[i] for i in ids], float)
-        m = int(y.sum())
+    for v, own in zip(versions, scores, strict=True):
+        shared = ~np.isnan(base) & ~np.isnan(own)
+        y, a, b = cases.labels[shared], base[shared], own[shared]
+        n, m = int(shared.sum()), int(y.sum())
         row = {"id": v.pk, "number": v.number, "arch": v.arch, "preset": v.preset,
                "group": ARCH_GROUPS.get(v.arch, "other"), "state": v.state,
-               "selected": v.pk == selected.pk, "n_shared": len(ids), "n_malignant": m,
+               "selected": v.pk == selected.pk, "n_shared": n, "n_malignant": m,
                "auroc": None, "auroc_ci": None, "auroc_selected": None, "difference": None,
                "p_value": None}
-        if 0 < m < len(ids):
+        if 0 < m < n:
             ci = stats.roc_auc_ci(y, b)
             row["auroc"] = ci.auc
             if not math.isnan(ci.ci_low):
                 row["auroc_ci"] = [ci.ci_low, ci.ci_high]
             row["auroc_selected"] = stats.roc_auc_ci(y, a).auc
-            if v.pk != selected.pk and m >= 2 and len(ids) - m >= 2:
+            if v.pk != selected.pk and m >= 2 and n - m >= 2:
                 test = stats.delong_roc_test(y, a, b)
                 row["difference"] = test.difference
                 row["p_value"] = test.p_value

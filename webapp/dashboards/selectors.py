@@ -14,6 +14,7 @@ import numpy as np
 from django.db.models import (
     Case,
     Count,
+    Exists,
     IntegerField,
     OuterRef,
     Q,
@@ -25,7 +26,12 @@ from django.db.models import (
 
 from annotations.labels import BENIGN, MALIGNANT, label_expression
 from annotations.models import Annotation, AnnotationState, User, VideoStatus
-from annotations.selectors import centre_summaries, nodules_visible_to, videos_visible_to
+from annotations.selectors import (
+    centres_visible_to,
+    nodules_visible_to,
+    patients_visible_to,
+    videos_visible_to,
+)
 from webapp.training.models import ModelState, ModelVersion, Prediction, SnapshotCase, Split
 
 # Which cases a dashboard reads. Test splits come from the model's frozen snapshot (its stored
@@ -114,16 +120,22 @@ def labelled_cases(*, user: User, version: ModelVersion, split: str) -> tuple[La
     ), ids
 
 
-def prediction_scores(*, versions: list[ModelVersion], video_ids: QuerySet) -> dict[int, dict]:
-    """{version id: {video id: probability}} of the given versions on the given cases, in one
-    query."""
-    out: dict[int, dict] = {v.pk: {} for v in versions}
-    rows = Prediction.objects.filter(
+def prediction_scores(*, versions: list[ModelVersion], cases: LabelledCases,
+                      video_ids: QuerySet) -> np.ndarray:
+    """(len(versions), N) probabilities of each version on each case (NaN: no prediction), in
+    one query."""
+    scores = np.full((len(versions), cases.video_ids.size), np.nan)
+    rows = np.array(Prediction.objects.filter(
         model_version__in=[v.pk for v in versions], video_id__in=video_ids,
-    ).values_list("model_version_id", "video_id", "probability")
-    for version_id, video_id, probability in rows:
-        out[version_id][video_id] = probability
-    return out
+    ).values_list("model_version_id", "video_id", "probability"), dtype=float).reshape(-1, 3)
+    if not rows.size:
+        return scores
+    order = np.argsort(cases.video_ids, kind="stable")
+    position = order[np.searchsorted(cases.video_ids, rows[:, 1].astype(np.int64),
+                                     sorter=order)]
+    row_of = {v.pk: i for i, v in enumerate(versions)}
+    scores[[row_of[int(k)] for k in rows[:, 0]], position] = rows[:, 2]
+    return scores
 
 
 # --- Inventory ------------------------------------------------------------------------------
@@ -131,17 +143,23 @@ def prediction_scores(*, versions: list[ModelVersion], video_ids: QuerySet) -> d
 
 def centre_inventory(*, user: User) -> list[dict]:
     """Per visible centre: patients, nodules, videos, ready, annotated (any annotation),
-    accepted (an accepted consensus), labelled nodules and the share malignant. Three
-    queries."""
-    centres = list(centre_summaries(user=user).order_by("code"))
-    videos = (videos_visible_to(user=user).values("nodule__patient__centre_id")
-              .annotate(
-                  annotated=Count("pk", filter=Q(annotations__isnull=False), distinct=True),
-                  accepted=Count("pk", filter=Q(annotations__is_consensus=True,
-                                                annotations__state=AnnotationState.ACCEPTED),
-                                 distinct=True))
-              .values_list("nodule__patient__centre_id", "annotated", "accepted"))
-    annotated = {c: (a, b) for c, a, b in videos}
+    accepted (an accepted consensus), labelled nodules and the share malignant. Four grouped
+    queries, each over one table and its parents (no fan-out of joined counts)."""
+    centres = list(centres_visible_to(user=user).order_by("code").values_list(
+        "pk", "code", "name"))
+    patients = dict(patients_visible_to(user=user).values_list("centre_id")
+                    .annotate(n=Count("pk")).values_list("centre_id", "n"))
+    videos = {c: rest for c, *rest in (
+        videos_visible_to(user=user)
+        .annotate(
+            has_annotation=Exists(Annotation.objects.filter(video=OuterRef("pk"))),
+            has_consensus=Exists(Annotation.objects.filter(
+                video=OuterRef("pk"), is_consensus=True, state=AnnotationState.ACCEPTED)))
+        .values_list("nodule__patient__centre_id")
+        .annotate(n=Count("pk"), ready=Count("pk", filter=Q(status=VideoStatus.READY)),
+                  annotated=Count("pk", filter=Q(has_annotation=True)),
+                  accepted=Count("pk", filter=Q(has_consensus=True)))
+        .values_list("nodule__patient__centre_id", "n", "ready", "annotated", "accepted"))}
     labels: dict[int, dict[str, int]] = {}
     rows = (nodules_visible_to(user=user).annotate(truth=label_expression())
             .values_list("patient__centre_id", "truth").annotate(n=Count("pk"))
@@ -149,17 +167,18 @@ def centre_inventory(*, user: User) -> list[dict]:
     for centre_id, truth, n in rows:
         labels.setdefault(centre_id, {})[truth] = n
     out = []
-    for c in centres:
-        a, b = annotated.get(c.pk, (0, 0))
-        lab = labels.get(c.pk, {})
+    for pk, code, name in centres:
+        n_videos, ready, annotated, accepted = videos.get(pk, (0, 0, 0, 0))
+        lab = labels.get(pk, {})
         labelled = lab.get(BENIGN, 0) + lab.get(MALIGNANT, 0)
         out.append({
-            "centre": c.code, "name": c.name, "patients": c.n_patients, "nodules": c.n_nodules,
-            "videos": c.n_videos, "ready": c.n_ready, "annotated": a, "accepted": b,
+            "centre": code, "name": name, "patients": patients.get(pk, 0),
+            "nodules": sum(lab.values()), "videos": n_videos, "ready": ready,
+            "annotated": annotated, "accepted": accepted,
             "labelled": labelled, "malignant": lab.get(MALIGNANT, 0),
             "share_malignant": lab.get(MALIGNANT, 0) / labelled if labelled else None,
-            "annotated_share": a / c.n_ready if c.n_ready else None,
-            "accepted_share": b / c.n_ready if c.n_ready else None,
+            "annotated_share": annotated / ready if ready else None,
+            "accepted_share": accepted / ready if ready else None,
         })
     return out
 

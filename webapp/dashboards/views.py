@@ -42,9 +42,10 @@ def _selection(request) -> tuple[list, object, str]:
 def dashboard_data(*, user, versions: list, version, split: str) -> dict:
     """Everything the dashboard draws and exports, in a fixed number of queries."""
     cases, ids = selectors.labelled_cases(user=user, version=version, split=split)
-    scores = selectors.prediction_scores(versions=versions, video_ids=ids)
+    scores = selectors.prediction_scores(versions=versions, cases=cases, video_ids=ids)
+    selected = scores[[v.pk for v in versions].index(version.pk)]
     return {
-        "performance": metrics.version_performance(cases, scores[version.pk], version.threshold),
+        "performance": metrics.version_performance(cases, selected, version.threshold),
         "comparison": metrics.comparison(cases, versions, version, scores),
         "inventory": selectors.centre_inventory(user=user),
     }

@@ -151,3 +151,27 @@ def test_csv_export_carries_the_shown_numbers(client, hand_built, centre_a):
     assert int(rows["CB"]["fn"]) == bm.fn
     assert float(rows["CB"]["sens_ci_high"]) == pytest.approx(bm.sensitivity.ci_high, abs=1e-4)
     assert float(rows["CB"]["npv"]) == pytest.approx(bm.npv.estimate, abs=1e-4)
+
+
+def test_inventory_counts_cases_labels_and_annotation_progress(client, hand_built, centre_a):
+    from annotations.models import Annotation, AnnotationState, Video, VideoStatus
+    from tests.factories import PatientFactory
+
+    user = make_user("centre_admin", centre_a)
+    a_videos = hand_built.videos["CA"]
+    # Two annotators on one video, an accepted consensus on another, a failed video, and a
+    # patient without nodules: counted once each, never multiplied by the joins.
+    Annotation.objects.create(video=a_videos[0], annotator=user)
+    Annotation.objects.create(video=a_videos[0], annotator=make_user("annotator", centre_a))
+    Annotation.objects.create(video=a_videos[1], is_consensus=True,
+                              state=AnnotationState.ACCEPTED)
+    Video.objects.filter(pk=a_videos[2].pk).update(status=VideoStatus.FAILED)
+    PatientFactory(centre=centre_a)
+    client.force_login(user)
+    response = client.get(reverse("dashboards-export", args=["inventory"]),
+                          {"model": hand_built.versions["irv2_cam"].pk})
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert rows == [{
+        "centre": "CA", "patients": "2", "nodules": "10", "videos": "10", "ready": "9",
+        "annotated": "2", "accepted": "1", "labelled": "10", "malignant": "5",
+        "share_malignant": "0.5000"}]
