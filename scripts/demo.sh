@@ -26,6 +26,10 @@ $PY manage.py seed_demo_annotations "$CASES"
 # A finished reader study over the demo cases, read by simulated readers (deterministic).
 $PY manage.py seed_demo_reader_study
 
+# Training runs get a worker of their own (queue "training"), so that a run never holds up
+# the worker below (video processing, probes, predictions).
+export TRAINING_QUEUE=training
+
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -33,6 +37,10 @@ trap cleanup EXIT INT TERM
 # One worker consumes both queues here; docker-compose.yml runs one per queue.
 .venv/bin/celery -A webapp worker -Q cpu,gpu --pool=solo --concurrency=1 \
   --without-gossip --without-mingle --loglevel=INFO >var/worker.log 2>&1 &
+pids+=($!)
+.venv/bin/celery -A webapp worker -Q training --pool=solo --concurrency=1 -n training@%h \
+  --without-gossip --without-mingle --loglevel=INFO \
+  >"${THYROCINE_VAR_DIR:-var}/training-worker.log" 2>&1 &
 pids+=($!)
 .venv/bin/daphne -b "$HOST" -p "$PORT" webapp.asgi:application >var/web.log 2>&1 &
 pids+=($!)
@@ -44,6 +52,11 @@ urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/accounts/login/", ti
 PYEOF
   sleep 1
 done
+
+# The demo's model: once the cases are processed, a small model trains on them in the training
+# worker, is promoted, and every video gets a prediction with heatmaps (webapp/training/demo.py;
+# progress in demo-model.log beside the database; a restart keeps the model).
+$PY manage.py demo_model >"${THYROCINE_VAR_DIR:-var}/demo-model.log" 2>&1 &
 
 echo
 echo "ThyroCine is running at http://$HOST:$PORT/  (logs: var/web.log, var/worker.log; Ctrl-C stops)"
