@@ -257,6 +257,7 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # the pages and every worker start-up run the same check).
 CELERY_BEAT_SCHEDULE = {
     "training-reap-stale-runs": {"task": "training.reap_stale", "schedule": 60.0},
+    "inference-backfill": {"task": "inference.backfill", "schedule": 300.0},
 }
 
 # --- REST API -------------------------------------------------------------------------------

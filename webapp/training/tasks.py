@@ -1,9 +1,11 @@
 """Celery tasks: ids in, a service call, nothing out. settings.CELERY_TASK_ROUTES sends
 `training.*` and `inference.*` to the gpu queue.
 
-`inference.video_ready` is the hook for ingestion: when a video becomes ready, sending this
-task by name (`current_app.send_task("inference.video_ready", args=[video.pk])`, so that
-`annotations` needs no import from `webapp`) scores it with the production model.
+When a video becomes ready it is scored with the production model (`inference.video_ready`).
+Ingestion knows nothing of training (imports go webapp -> annotations, never back), so the
+hook observes it from here: `_on_video_processed` runs in the worker after each
+`annotations.video_process` task and queues the video's prediction when it ended ready. Code
+elsewhere may send the task by name, `send_task("inference.video_ready", args=[video_id])`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import task_success, worker_ready
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,14 @@ def reap_stale() -> None:
     from webapp.training import services
 
     services.runs_reap_stale()
+
+
+@shared_task(name="inference.backfill")
+def backfill() -> None:
+    """Periodic: the production model's missing predictions (e.g. `import_cases --inline`)."""
+    from webapp.training import services
+
+    services.predictions_backfill()
 
 
 @shared_task(name="inference.video_ready", acks_late=True)
@@ -79,3 +89,19 @@ def _on_worker_ready(sender=None, **kwargs) -> None:
         logger.exception("training housekeeping at worker start failed")
     finally:
         close_old_connections()
+
+
+@task_success.connect
+def _on_video_processed(sender=None, **kwargs) -> None:
+    """A video that processing left ready gets its prediction (skipped for in-process runs of
+    the task, e.g. `import_cases --inline` and tests: the worker start-up backfill covers
+    those)."""
+    if sender is None or sender.name != "annotations.video_process" or sender.request.is_eager:
+        return
+    from annotations.models import Video, VideoStatus
+
+    args = sender.request.args or ()
+    video_id = args[0] if args else None
+    if video_id is not None and Video.objects.filter(pk=video_id,
+                                                     status=VideoStatus.READY).exists():
+        video_ready.delay(video_id)

@@ -39,6 +39,8 @@ def training_env(settings, tmp_path, monkeypatch):
     }
     settings.THYROCINE_TRAINING = {**settings.THYROCINE_TRAINING, "DIR": training,
                                    "HEARTBEAT_SECONDS": 0.5, "STALE_AFTER_SECONDS": 20.0}
+    settings.THYROCINE = {**settings.THYROCINE, "INCOMING_DIR": tmp_path / "incoming"}
+    monkeypatch.setenv("THYROCINE_INCOMING_DIR", str(tmp_path / "incoming"))
     monkeypatch.setenv("MEDIA_ROOT", str(media))
     monkeypatch.setenv("THYROCINE_TRAINING_DIR", str(training))
     monkeypatch.setenv("TRAINING_HEARTBEAT_SECONDS", "0.5")

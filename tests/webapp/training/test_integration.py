@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from annotations.models import Video, VideoStatus
 from tests.conftest import make_user, run_coroutine, wait_for
-from tests.webapp.training.conftest import TINY, frozen_snapshot, make_case
+from tests.webapp.training.conftest import TINY, frozen_snapshot
 from webapp.training import runner
 from webapp.training.models import (
     ModelState,
@@ -134,13 +134,29 @@ def test_launch_watch_register_promote_and_predict(workers, cohort, engineer, ap
     prediction = Prediction.objects.filter(model_version=version).first()
     assert api.get(f"/files/predictions/{prediction.pk}/heatmaps.npz").status_code == 200
 
-    # A video that becomes ready afterwards is scored through the hook ingestion calls.
-    from webapp.celery import app
+    # A video uploaded now is processed by the worker (ingestion) and, once ready, scored by
+    # the production model.
+    import shutil
 
-    _, video = make_case(cohort["development"], label=1, seed=99)
-    app.send_task("inference.video_ready", args=[video.pk])
-    found = wait_for(lambda: Prediction.objects.filter(video=video).first(), timeout=120)
+    from django.db import transaction
+
+    from annotations import services as ingestion
+    from annotations.conf import incoming_dir
+    from tests.annotations.conftest import sweep_frames, write_video
+    from tests.factories import NoduleFactory, PatientFactory
+
+    nodule = NoduleFactory(patient=PatientFactory(centre=cohort["development"]))
+    source = write_video(incoming_dir().parent / "sweep.mp4", sweep_frames(n=12))
+    incoming = incoming_dir() / "sweep.upload"
+    shutil.copyfile(source, incoming)
+    with transaction.atomic():
+        video = ingestion.video_register(nodule=nodule, incoming=incoming,
+                                         filename="sweep.mp4")
+    found = wait_for(lambda: Prediction.objects.filter(video=video).first(), timeout=180)
+    video.refresh_from_db()
+    assert video.status == VideoStatus.READY
     assert found.model_version == version and found.frames_version == video.frames_version
+    assert found.clip_shape == video.clip_shape
 
 
 def test_a_killed_worker_fails_the_run_which_resumes_from_its_checkpoint(
