@@ -336,6 +336,10 @@ THYROCINE = {
     # "exclude" (kept, but left out of training like indeterminate nodules).
     "NIFTP_LABEL": os.environ.get("NIFTP_LABEL", "benign"),
 }
+# Large multipart uploads spill to disk while they arrive: into the private incoming folder,
+# like every identified byte, never the system's temporary folder.
+THYROCINE["INCOMING_DIR"].mkdir(parents=True, exist_ok=True)
+FILE_UPLOAD_TEMP_DIR = str(THYROCINE["INCOMING_DIR"])
 
 # Training runs, the model registry and predictions (webapp/training/conf.py has the defaults).
 THYROCINE_TRAINING = {
