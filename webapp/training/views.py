@@ -12,7 +12,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from annotations.files import protected_file_response
+from annotations.models import AuditAction
 from annotations.permissions import PlatformAction, can_platform
+from annotations.services import audit_record
 from webapp.training import hyperparameters as hp
 from webapp.training import selectors, services
 from webapp.training.forms import RunForm, SnapshotForm
@@ -207,6 +209,9 @@ def prediction_heatmaps(request, prediction_id: int):
     """The heatmaps file of a prediction, for users who may see the video."""
     prediction = get_object_or_404(selectors.predictions_visible_to(user=request.user),
                                    pk=prediction_id)
+    audit_record(user=request.user, action=AuditAction.VIEW, obj=prediction.video,
+                 ip_address=_client_ip(request),
+                 detail={"heatmaps": prediction.pk, "model": prediction.model_version.number})
     return protected_file_response(prediction.heatmaps,
                                    download_name=f"heatmaps-{prediction.pk}.npz",
                                    content_type="application/octet-stream")

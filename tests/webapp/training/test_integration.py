@@ -11,11 +11,10 @@ import signal
 import time
 
 import pytest
-from channels.testing import WebsocketCommunicator
 from rest_framework.test import APIClient
 
 from annotations.models import Video, VideoStatus
-from tests.conftest import make_user, run_coroutine, wait_for
+from tests.conftest import make_user, run_coroutine, wait_for, websocket_for
 from tests.webapp.training.conftest import TINY, frozen_snapshot
 from webapp.training import runner
 from webapp.training.models import (
@@ -56,16 +55,11 @@ def run_row(run_id: int) -> TrainingRun:
     return TrainingRun.objects.get(pk=run_id)
 
 
-def watch_websocket(api, run_id: int, timeout: float) -> list[dict]:
+def watch_websocket(user, run_id: int, timeout: float) -> list[dict]:
     """Every message the run's websocket relays until the run ends."""
-    from webapp.asgi import application
-
-    cookie = f"sessionid={api.cookies['sessionid'].value}"
+    communicator = websocket_for(user, f"/ws/training/runs/{run_id}/")
 
     async def scenario():
-        communicator = WebsocketCommunicator(
-            application, f"/ws/training/runs/{run_id}/",
-            headers=[(b"cookie", cookie.encode()), (b"origin", b"http://localhost")])
         connected, _ = await communicator.connect()
         assert connected
         messages, deadline = [], time.monotonic() + timeout
@@ -102,7 +96,7 @@ def test_launch_watch_register_promote_and_predict(workers, cohort, engineer, ap
     run_id = launch(api, snapshot)
 
     if settings.REDIS_URL:
-        messages = watch_websocket(api, run_id, timeout=300)
+        messages = watch_websocket(engineer, run_id, timeout=300)
         steps = [p for m in messages for p in m.get("steps", [])]
         epochs = [p for m in messages for p in m.get("epochs", [])]
         phases = {m["run"]["phase"] for m in messages if "run" in m}

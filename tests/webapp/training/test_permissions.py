@@ -6,13 +6,11 @@ and promote; everyone else gets 404 (existence does not leak) and changes nothin
 from __future__ import annotations
 
 import pytest
-from channels.testing import WebsocketCommunicator
-from django.test import Client
 from rest_framework.test import APIClient
 
 from annotations.models import CentreRole, PlatformRole
 from annotations.permissions import PLATFORM_ROLE_ACTIONS, PlatformAction
-from tests.conftest import make_user, run_coroutine
+from tests.conftest import make_user, run_coroutine, websocket_for
 from tests.webapp.training.conftest import TINY, frozen_snapshot, make_version
 from webapp.training.models import (
     DatasetSnapshot,
@@ -140,16 +138,10 @@ def test_actions(world, centre_a, role, action, django_capture_on_commit_callbac
 @pytest.mark.parametrize("role", ROLES)
 def test_run_websocket(transactional_db, world, centre_a, role):
     # transactional: the consumer reads the database from another thread (connection).
-    from webapp.asgi import application
-
-    client = Client()
-    client.force_login(make_user(role, centre_a))
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    communicator = websocket_for(make_user(role, centre_a),
+                                 f"/ws/training/runs/{world['queued'].pk}/")
 
     async def connect():
-        communicator = WebsocketCommunicator(
-            application, f"/ws/training/runs/{world['queued'].pk}/",
-            headers=[(b"cookie", cookie.encode()), (b"origin", b"http://localhost")])
         connected, _ = await communicator.connect()
         await communicator.disconnect()
         return connected

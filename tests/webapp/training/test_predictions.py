@@ -8,7 +8,7 @@ import pytest
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
-from annotations.models import Video
+from annotations.models import AuditEvent, Video
 from ml.inference import gradcam_layer_of, predict_with_heatmaps, spec_of
 from tests.conftest import make_user
 from tests.webapp.training.conftest import accept_consensus, make_case, make_version
@@ -110,6 +110,9 @@ def test_predictions_follow_the_tenancy_of_their_video(version, centre_a, centre
     assert [p["id"] for p in listing["results"]] == ([prediction.pk] if visible else [])
     download = api.get(f"/files/predictions/{prediction.pk}/heatmaps.npz")
     assert download.status_code == (200 if visible else 404)
+    # A download is a view of the case: audited, like the case pages.
+    assert AuditEvent.objects.filter(user=user, action="view", object_type="annotations.Video",
+                                     object_id=str(video.pk)).exists() is visible
 
 
 def test_a_model_trained_on_nodule_crops_reads_the_accepted_annotations_boxes(version,

@@ -56,6 +56,13 @@ def _load_clip(name: str) -> np.ndarray:
         return np.load(io.BytesIO(f.read()), allow_pickle=False)
 
 
+def inference_device() -> str:
+    """The worker's GPU when it has one (the gpu queue's workers), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _nodule_boxes(video: Video):
     """(boxes (T, 4) in clip pixels, annotation) from the video's accepted consensus, for
     models trained on crops around the nodule (ml.inference.predict's contract); (None,
@@ -82,7 +89,7 @@ def prediction_compute(*, video: Video, version: ModelVersion) -> Prediction | N
     existing = Prediction.objects.filter(video=video, model_version=version).first()
     if existing is not None and existing.frames_version == video.frames_version:
         return existing
-    model, config = model_load(version=version)
+    model, config = model_load(version=version, device=inference_device())
     spec = spec_of(config)
     clip = _load_clip(video.clip)
     boxes, annotation = _nodule_boxes(video) if spec.roi else (None, None)

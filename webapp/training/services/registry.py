@@ -54,24 +54,29 @@ def model_version_register(*, run: TrainingRun, run_dir: Path) -> ModelVersion:
     # Proves that the weights fit the architecture before anyone can promote them.
     load_model((weights, config), device="cpu")
     checksum = sha256_file(weights)
-    number = (ModelVersion.objects.aggregate(n=Max("number"))["n"] or 0) + 1
-    prefix = f"models/v{number}-{checksum[:12]}"
-    with weights.open("rb") as f:
-        stored = default_storage.save(f"{prefix}/model.safetensors", File(f))
+    for _ in range(5):  # two runs finishing at once may draw the same number: draw again
+        number = (ModelVersion.objects.aggregate(n=Max("number"))["n"] or 0) + 1
+        prefix = f"models/v{number}-{checksum[:12]}"
+        with weights.open("rb") as f:
+            stored = default_storage.save(f"{prefix}/model.safetensors", File(f))
+        try:
+            with transaction.atomic():
+                version = ModelVersion.objects.create(
+                    number=number, run=run, snapshot_id=run.snapshot_id, arch=run.arch,
+                    preset=run.preset, config=config, threshold=float(config["threshold"]),
+                    metrics=metrics, weights=stored, weights_format="safetensors",
+                    checksum=checksum, code_version=str(config.get("code_version", ""))[:64],
+                )
+            break
+        except IntegrityError:
+            default_storage.delete(stored)
+            if ModelVersion.objects.filter(run=run).exists():
+                raise
+    else:  # pragma: no cover - five collisions in a row
+        raise RuntimeError("could not allocate a model version number")
     for name in ("config.json", "metrics.json", "predictions.csv"):
         if (run_dir / name).is_file():
             default_storage.save(f"{prefix}/{name}", ContentFile((run_dir / name).read_bytes()))
-    try:
-        with transaction.atomic():
-            version = ModelVersion.objects.create(
-                number=number, run=run, snapshot_id=run.snapshot_id, arch=run.arch,
-                preset=run.preset, config=config, threshold=float(config["threshold"]),
-                metrics=metrics, weights=stored, weights_format="safetensors",
-                checksum=checksum, code_version=str(config.get("code_version", ""))[:64],
-            )
-    except IntegrityError:
-        default_storage.delete(stored)
-        raise
     audit_record(user=None, action=AuditAction.CREATE, obj=version,
                  detail={"run": run.pk, "launched_by": run.created_by.get_username()
                          if run.created_by else "", "checksum": checksum,
@@ -111,7 +116,7 @@ def model_promote(*, user: User, version: ModelVersion, ip_address: str | None =
 
 # --- Loading for inference ------------------------------------------------------------------
 
-_cache: dict[int, tuple[str, object, dict]] = {}
+_cache: dict[int, tuple[str, object, dict, str]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -147,9 +152,9 @@ def model_load(*, version: ModelVersion, device: str = "cpu"):
 
     with _cache_lock:
         hit = _cache.get(version.pk)
-        if hit is not None and hit[0] == version.checksum:
+        if hit is not None and hit[0] == version.checksum and hit[3] == device:
             return hit[1], hit[2]
         model, config = load_model((_local_weights(version), version.config), device=device)
         _cache.clear()  # one model at a time: the production one
-        _cache[version.pk] = (version.checksum, model, config)
+        _cache[version.pk] = (version.checksum, model, config, device)
         return model, config
