@@ -521,6 +521,10 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
                      generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.num_workers > 0:
         loader_kw["prefetch_factor"] = 2
+        # Spawned, not forked: a fork copies the host's thread pools (OpenCV's, a web worker's)
+        # without their threads, and a loader process forked from a busy host can deadlock.
+        # The dataset pickles cheaply: it opens its memory-mapped clips lazily.
+        loader_kw["multiprocessing_context"] = "spawn"
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                               drop_last=len(sampler) > cfg.batch_size, **loader_kw)
     val_indices = list(range(dist.rank, len(val_ds), dist.world_size))
