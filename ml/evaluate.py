@@ -201,7 +201,11 @@ def evaluate_run(
         for k, r in enumerate(ds.records):
             by_centre[r.centre].append(k)
             predictions.append({"case_id": r.case_id, "split": split, "centre": r.centre,
-                                "label": r.label, "probability": f"{probs[k]:.6f}"})
+                                "label": r.label,
+                                # Full precision: validation cases sit exactly on the frozen
+                                # threshold, and rounding would flip them when the metrics are
+                                # recomputed from this file.
+                                "probability": repr(float(probs[k]))})
         block["centres"] = {
             c: classification_metrics([labels[k] for k in ks], probs[ks], threshold)
             for c, ks in sorted(by_centre.items())
