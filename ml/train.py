@@ -72,6 +72,8 @@ class TrainConfig:
     attention_loss_weight: float = 0.5  # weak supervision of attention by calcification masks;
     # used only when the batch has masks and the model has attention maps
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
+    select_after: float = 0.0  # fraction of the epochs before which no epoch can be the best:
+    # on a small val set an early, underfit epoch can win on a lucky AUROC
     min_per_class: int = 2  # refuse to train when train or val has fewer cases of a class
     seed: int = 0  # model init, sampling and augmentation
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
@@ -105,7 +107,7 @@ PRESETS: dict[str, dict] = {
     # One intra-op thread plus one loader process: on a 2-core machine shared with other work,
     # a 2-thread OpenMP step waits on preempted threads and runs 5-10x slower (measured).
     "small": dict(frames=16, size=64, batch_size=8, epochs=20, lr=1e-3, warmup_epochs=1.0,
-                  threads=1, num_workers=1),
+                  select_after=0.5, threads=1, num_workers=1),
     "paper": dict(frames=32, size=160, batch_size=16, epochs=60, lr=3e-4, warmup_epochs=3.0,
                   num_workers=8, patience=15),
 }
@@ -585,12 +587,13 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
             model, raw_model, train_loader, optimizer, scheduler, scaler, cfg, device, epoch,
             step, steps_total, metrics, show_progress and dist.is_main, ema)
         val = evaluate(eval_model, val_loader, device, cfg, dist)
-        improved = _better(val["auroc"], val["loss"], best)
+        eligible = epoch + 1 > cfg.select_after * cfg.epochs or epoch + 1 == cfg.epochs
+        improved = eligible and _better(val["auroc"], val["loss"], best)
         if improved:
             best.update(epoch=epoch, auroc=val["auroc"], loss=val["loss"], stale=0)
             if dist.is_main:
                 save_weights(eval_model, run_dir / "model.safetensors")
-        else:
+        elif eligible:
             best["stale"] += 1
         if dist.is_main:
             state = {

@@ -228,3 +228,11 @@ def test_refuses_to_overwrite_a_run(tiny, tmp_path, tiny_models):
     with pytest.raises(DataError, match="already holds a run"):
         train(tiny_config(epochs=1), tiny, run)
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_select_after_keeps_early_epochs_from_being_best(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    summary = train(tiny_config(epochs=4, select_after=0.5), tiny, run)
+    epochs = [e for e in _events(run) if e["event"] == "epoch"]
+    assert not any(e["improved"] for e in epochs[:2])
+    assert summary["best_epoch"] >= 3
