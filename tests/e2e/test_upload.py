@@ -76,5 +76,8 @@ def test_upload_through_the_page_becomes_ready(worker, live_server, browser_page
     page.get_by_test_id("frame-index").wait_for()
     page.get_by_role("button", name="Next ▶").click()
     assert page.get_by_test_id("frame-index").inner_text() == "2 / 12"
-    assert page.get_by_test_id("frame").evaluate("img => img.complete && img.naturalWidth") \
-        == 160
+    # The next frame's JPEG loads asynchronously: wait until it has, then check its size.
+    page.wait_for_function(
+        "() => { const img = document.querySelector('[data-testid=frame]');"
+        " return img && img.complete && img.naturalWidth > 0; }")
+    assert page.get_by_test_id("frame").evaluate("img => img.naturalWidth") == 160
