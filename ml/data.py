@@ -337,11 +337,15 @@ class ClipSpec:
     roi: bool = True  # crop to the union nodule box and its frames (when the case has boxes)
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
+    clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
+    # from; `ml.inference` refuses clips standardised at another size (foci would differ)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ClipSpec:
         d = dict(d)
         d["size"] = tuple(d.get("size", cls.size))
+        if d.get("clip_size") is not None:
+            d["clip_size"] = tuple(d["clip_size"])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -411,7 +415,8 @@ def normalise_intensity(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     sampled frames, mostly parenchyma, so a dark or bright nodule does not normalise itself
     away. The constants keep parenchyma mid-grey, anechoic fluid near 0 and foci near 1.
     """
-    p10, p50, p90 = np.percentile(reference[:, ::2, ::2], (10, 50, 90))
+    step = max(1, min(reference.shape[1:]) // 64)  # ~64 x 64 samples a frame are plenty
+    p10, p50, p90 = np.percentile(reference[:, ::step, ::step], (10, 50, 90))
     scale = max(float(p90 - p10), 8.0)  # a blank clip must not blow noise up
     return np.clip(0.4 + 0.25 * (x - p50) / scale, 0.0, 1.0)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.data import ClipSpec, prepare_clip
+from ml.data import ClipSpec, DataError, prepare_clip
 
 
 def load_model(
@@ -78,6 +78,18 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def check_clip(clip: np.ndarray, spec: ClipSpec) -> None:
+    """Refuse a clip the model cannot score as it was trained: wrong rank or stored size."""
+    shape = tuple(np.shape(clip))
+    if len(shape) != 3:
+        raise DataError(f"a clip is (T, H, W) uint8; got shape {shape}")
+    if spec.clip_size is not None and shape[1:] != tuple(spec.clip_size):
+        h, w = spec.clip_size
+        raise DataError(
+            f"the model learnt from clips of {h} x {w} pixels; this clip is {shape[1]} x "
+            f"{shape[2]}: standardise the video with ml.video.video_to_clip(size=({h}, {w}))")
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module, clip: np.ndarray, spec: ClipSpec, boxes: np.ndarray | None = None
@@ -87,6 +99,7 @@ def predict(
     Pass the nodule's `boxes` ((T, 4), NaN where out of view) when the model was trained on ROI
     crops (`spec.roi`); without them it sees the whole image.
     """
+    check_clip(clip, spec)
     model.eval()
     x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
     return float(torch.sigmoid(model(x.to(_device(model)))[0, 0].float()))
@@ -160,6 +173,7 @@ def predict_with_heatmaps(
     layer: nn.Module | None = None,
 ) -> Heatmaps:
     """Probability, Grad-CAM and attention maps for one stored clip (T, H, W) uint8."""
+    check_clip(clip, spec)
     prep = prepare_clip(clip, spec, boxes=boxes)
     x = torch.from_numpy(prep["clip"])[None].to(_device(model))
     logits, heat, att = input_heatmaps(model, x, layer)

@@ -106,8 +106,8 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # One intra-op thread plus one loader process: on a 2-core machine shared with other work,
     # a 2-thread OpenMP step waits on preempted threads and runs 5-10x slower (measured).
-    "small": dict(frames=16, size=64, batch_size=8, epochs=20, lr=1e-3, warmup_epochs=1.0,
-                  select_after=0.5, threads=1, num_workers=1),
+    "small": dict(frames=16, size=64, batch_size=8, epochs=30, lr=1e-3, warmup_epochs=1.0,
+                  select_after=0.5, attention_loss_weight=1.0, threads=1, num_workers=1),
     "paper": dict(frames=32, size=160, batch_size=16, epochs=60, lr=3e-4, warmup_epochs=3.0,
                   num_workers=8, patience=15),
 }
@@ -501,6 +501,9 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     raw_model = build_model(cfg).to(device)
     spatial_dims = int(getattr(raw_model, "spatial_dims", 3))
     spec = cfg.clip_spec(spatial_dims)
+    first = next(r for r in records if r.split == "train")
+    clip_hw = np.load((data_root / cfg.manifest).parent / first.clip, mmap_mode="r").shape[1:]
+    spec = dataclasses.replace(spec, clip_size=tuple(int(v) for v in clip_hw))
     if cfg.channels_last_3d and device.type == "cuda" and spatial_dims == 3:
         raw_model = raw_model.to(memory_format=torch.channels_last_3d)
     model = raw_model

@@ -10,7 +10,7 @@ import pytest
 
 import ml.train as train_mod
 from ml import stats
-from ml.data import ClipDataset, read_manifest
+from ml.data import ClipDataset, DataError, read_manifest
 from ml.evaluate import (
     classification_metrics,
     compare,
@@ -143,6 +143,17 @@ def test_inference_matches_evaluation(runs):
     assert 0 <= float(h.gradcam.min()) and float(h.gradcam.max()) <= 1
     x0, y0, x1, y1 = h.crop_box
     assert not h.gradcam[:, :y0].any() and not h.gradcam[:, :, x1:].any()
+
+
+def test_inference_refuses_clips_of_another_size(runs):
+    _, run, _ = runs
+    model, config = load_model(run)
+    spec = spec_of(config)
+    assert spec.clip_size == (32, 32)  # the tiny dataset's stored clips
+    with pytest.raises(DataError, match=r"clips of 32 x 32 pixels; this clip is 64 x 64"):
+        predict(model, np.zeros((12, 64, 64), np.uint8), spec)
+    with pytest.raises(DataError, match="a clip is"):
+        predict(model, np.zeros((64, 64), np.uint8), spec)
 
 
 def test_load_model_from_weights_and_config(runs):
