@@ -338,7 +338,7 @@ class ClipSpec:
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
     clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
-    # from; `ml.inference` refuses clips standardised at another size (foci would differ)
+    # from; `ml.inference` resamples clips stored at another size to it first
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ClipSpec:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.data import ClipSpec, DataError, prepare_clip
+from ml.data import ClipSpec, DataError, prepare_clip, resize_clip
 
 
 def load_model(
@@ -78,16 +78,33 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def check_clip(clip: np.ndarray, spec: ClipSpec) -> None:
-    """Refuse a clip the model cannot score as it was trained: wrong rank or stored size."""
+def check_clip(clip: np.ndarray) -> None:
+    """Refuse what is not a stored clip (T, H, W)."""
     shape = tuple(np.shape(clip))
     if len(shape) != 3:
         raise DataError(f"a clip is (T, H, W) uint8; got shape {shape}")
-    if spec.clip_size is not None and shape[1:] != tuple(spec.clip_size):
-        h, w = spec.clip_size
-        raise DataError(
-            f"the model learnt from clips of {h} x {w} pixels; this clip is {shape[1]} x "
-            f"{shape[2]}: standardise the video with ml.video.video_to_clip(size=({h}, {w}))")
+
+
+def match_clip_size(
+    clip: np.ndarray, spec: ClipSpec, boxes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The clip (and its boxes) resampled to the stored size the model learnt from.
+
+    A centre may standardise videos at another size than the training export did (or change
+    the setting later). Cropping and resizing to the model grid would still work, but a focus
+    then covers a different number of stored pixels before the crop is resized, so the model
+    would see sharper or blurrier foci than in training. Resampling first keeps the input as
+    trained; scoring never refuses a video for its size.
+    """
+    check_clip(clip)
+    if spec.clip_size is None or tuple(np.shape(clip)[1:]) == tuple(spec.clip_size):
+        return clip, boxes
+    h0, w0 = np.shape(clip)[1:]
+    h, w = spec.clip_size
+    resized = np.clip(np.rint(resize_clip(np.asarray(clip), (h, w))), 0, 255).astype(np.uint8)
+    if boxes is not None:
+        boxes = np.asarray(boxes, np.float64) * np.array([w / w0, h / h0, w / w0, h / h0])
+    return resized, boxes
 
 
 @torch.no_grad()
@@ -99,7 +116,7 @@ def predict(
     Pass the nodule's `boxes` ((T, 4), NaN where out of view) when the model was trained on ROI
     crops (`spec.roi`); without them it sees the whole image.
     """
-    check_clip(clip, spec)
+    clip, boxes = match_clip_size(clip, spec, boxes)
     model.eval()
     x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
     return float(torch.sigmoid(model(x.to(_device(model)))[0, 0].float()))
@@ -172,21 +189,27 @@ def predict_with_heatmaps(
     boxes: np.ndarray | None = None,
     layer: nn.Module | None = None,
 ) -> Heatmaps:
-    """Probability, Grad-CAM and attention maps for one stored clip (T, H, W) uint8."""
-    check_clip(clip, spec)
+    """Probability, Grad-CAM and attention maps for one stored clip (T, H, W) uint8, on the
+    clip's own grid whatever size the model learnt from."""
+    shape = tuple(np.shape(clip))
+    clip, boxes = match_clip_size(clip, spec, boxes)
     prep = prepare_clip(clip, spec, boxes=boxes)
     x = torch.from_numpy(prep["clip"])[None].to(_device(model))
     logits, heat, att = input_heatmaps(model, x, layer)
     heat_in = heat[0].astype(np.float32)
     att_in = [a[0].astype(np.float32) for a in att]
-    shape = tuple(np.shape(clip))
+    # The crop box in the caller's clip pixels (it was found on the resampled clip).
+    sy, sx = shape[1] / np.shape(clip)[1], shape[2] / np.shape(clip)[2]
+    x0, y0, x1, y1 = prep["crop_box"]
+    crop_box = (int(round(x0 * sx)), int(round(y0 * sy)),
+                max(int(round(x1 * sx)), int(round(x0 * sx)) + 1),
+                max(int(round(y1 * sy)), int(round(y0 * sy)) + 1))
     return Heatmaps(
         probability=float(torch.sigmoid(logits[0, 0].float())),
-        gradcam=to_clip_grid(heat_in, prep["frame_indices"], prep["crop_box"], shape),
-        attention=[to_clip_grid(a, prep["frame_indices"], prep["crop_box"], shape)
-                   for a in att_in],
+        gradcam=to_clip_grid(heat_in, prep["frame_indices"], crop_box, shape),
+        attention=[to_clip_grid(a, prep["frame_indices"], crop_box, shape) for a in att_in],
         frame_indices=prep["frame_indices"],
-        crop_box=prep["crop_box"],
+        crop_box=crop_box,
         gradcam_input=heat_in,
         attention_input=att_in,
     )

@@ -145,13 +145,21 @@ def test_inference_matches_evaluation(runs):
     assert not h.gradcam[:, :y0].any() and not h.gradcam[:, :, x1:].any()
 
 
-def test_inference_refuses_clips_of_another_size(runs):
-    _, run, _ = runs
+def test_inference_resamples_clips_stored_at_another_size(runs):
+    data, run, _ = runs
     model, config = load_model(run)
     spec = spec_of(config)
     assert spec.clip_size == (32, 32)  # the tiny dataset's stored clips
-    with pytest.raises(DataError, match=r"clips of 32 x 32 pixels; this clip is 64 x 64"):
-        predict(model, np.zeros((12, 64, 64), np.uint8), spec)
+    record = read_manifest(data)[0]
+    clip = np.load(data / record.clip)
+    # The same sweep stored at twice the size scores as the model's own clip does ...
+    big = np.repeat(np.repeat(clip, 2, axis=1), 2, axis=2)
+    assert predict(model, big, spec) == pytest.approx(predict(model, clip, spec), abs=0.02)
+    # ... and its heatmaps come back on its own grid.
+    h = predict_with_heatmaps(model, big, spec)
+    assert h.gradcam.shape == big.shape
+    x0, y0, x1, y1 = h.crop_box
+    assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
     with pytest.raises(DataError, match="a clip is"):
         predict(model, np.zeros((64, 64), np.uint8), spec)
 
