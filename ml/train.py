@@ -682,8 +682,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         else:
             kind = {"int": int, "float": float, "str": str, "dict": _json_object}[str(f.type)]
             parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                help=f"default {f.default} (or the preset's)")
+                                help=_preset_defaults_help(f))
     return parser
+
+
+def _preset_defaults_help(f: dataclasses.Field) -> str:
+    """'small: 16, paper: 32': what the flag defaults to under each preset."""
+    base = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if base == "" or base is None:
+        base = "unset"
+    values = {name: preset.get(f.name, base) for name, preset in sorted(PRESETS.items())}
+    if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) == 1:
+        return f"default {base}"
+    return "default " + ", ".join(f"{name}: {v}" for name, v in values.items())
 
 
 def main(argv: list[str] | None = None) -> int:

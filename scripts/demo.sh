@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 HOST=${DEMO_HOST:-127.0.0.1}
 PORT=${DEMO_PORT:-8000}
-mkdir -p var
+VAR="${THYROCINE_VAR_DIR:-var}"  # database, media and logs of this demo
+mkdir -p "$VAR"
 
 $PY manage.py migrate --noinput
 $PY manage.py seed_demo
@@ -14,7 +15,7 @@ $PY manage.py seed_demo
 # Synthetic cases for the demo centres C1 and C2 (ml.synthetic: real MP4 sweeps with burned-in
 # fake names), imported as a hospital's manifest would be; the worker started below processes
 # them. A restart imports nothing twice (import_cases skips files it already has).
-CASES="${THYROCINE_VAR_DIR:-var}/demo-cases"
+CASES="$VAR/demo-cases"
 if [ ! -f "$CASES/manifest.csv" ]; then
   echo "Generating synthetic demo cases in $CASES ..."
   $PY -m ml.synthetic "$CASES" --centres 2 --nodules 4 --seed 0 --frames 32 >/dev/null 2>&1
@@ -36,13 +37,13 @@ trap cleanup EXIT INT TERM
 
 # One worker consumes both queues here; docker-compose.yml runs one per queue.
 .venv/bin/celery -A webapp worker -Q cpu,gpu --pool=solo --concurrency=1 \
-  --without-gossip --without-mingle --loglevel=INFO >var/worker.log 2>&1 &
+  --without-gossip --without-mingle --loglevel=INFO >"$VAR/worker.log" 2>&1 &
 pids+=($!)
 .venv/bin/celery -A webapp worker -Q training --pool=solo --concurrency=1 -n training@%h \
   --without-gossip --without-mingle --loglevel=INFO \
-  >"${THYROCINE_VAR_DIR:-var}/training-worker.log" 2>&1 &
+  >"$VAR/training-worker.log" 2>&1 &
 pids+=($!)
-.venv/bin/daphne -b "$HOST" -p "$PORT" webapp.asgi:application >var/web.log 2>&1 &
+.venv/bin/daphne -b "$HOST" -p "$PORT" webapp.asgi:application >"$VAR/web.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 60); do
@@ -56,9 +57,9 @@ done
 # The demo's model: once the cases are processed, a small model trains on them in the training
 # worker, is promoted, and every video gets a prediction with heatmaps (webapp/training/demo.py;
 # progress in demo-model.log beside the database; a restart keeps the model).
-$PY manage.py demo_model >"${THYROCINE_VAR_DIR:-var}/demo-model.log" 2>&1 &
+$PY manage.py demo_model >"$VAR/demo-model.log" 2>&1 &
 
 echo
-echo "ThyroCine is running at http://$HOST:$PORT/  (logs: var/web.log, var/worker.log; Ctrl-C stops)"
+echo "ThyroCine is running at http://$HOST:$PORT/  (logs: $VAR/web.log, $VAR/worker.log; Ctrl-C stops)"
 echo
 wait -n "${pids[@]}"
