@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "THUMBNAIL_WIDTH": 320,
     "UPLOAD_CHUNK_BYTES": 64 * 1024**2,
     "NIFTP_LABEL": "benign",
+    # A player fetches hundreds of frames a minute: their views are audited once per user,
+    # video and this many seconds, not once per request (annotations.services).
+    "FRAME_AUDIT_WINDOW_SECONDS": 30 * 60,
 }
 
 

@@ -12,8 +12,10 @@ MP4/MOV, AVI and Matroska: container metadata (titles, comments, user data, XMP,
 overwritten in place with padding of the same size, so the audio/video sample offsets stay
 valid and the file still plays.
 
-Burned-in text is pixels, not metadata: stored frames are blanked outside the ultrasound
-region by the processing step (annotations.processing).
+Burned-in text is pixels, not metadata: the copy written here stays in the private incoming
+folder until the processing step (annotations.processing) has blanked everything outside the
+ultrasound region and inside the centre's masks, in the stored frames and in the kept source
+that storage holds instead of this copy (annotations.kept_source).
 """
 
 from __future__ import annotations

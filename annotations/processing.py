@@ -1,5 +1,6 @@
 """Turn one de-identified video file into what the platform stores: the frame store (JPEG
-chunks, burned-in text blanked), a thumbnail and the training clip.
+chunks, burned-in text blanked), a thumbnail, the training clip, and the kept source (the
+video itself with the same areas blanked, annotations.kept_source) that replaces the upload.
 
 One decoding pass, frame by frame, so memory stays bounded whatever the length: decoding,
 the ultrasound region and the clip come from `ml.video` (the same code as `python -m ml
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from annotations.framestore import ChunkWriter
+from annotations.kept_source import DicomRleWriter, MjpegMatroskaWriter
 from ml import video as mlvideo
 from ml.video import ClipBuilder, Region, VideoError, VideoInfo
 
@@ -47,6 +49,7 @@ class Processed:
     thumbnail: Path
     clip: Path
     clip_shape: tuple[int, int, int]
+    source: Path  # the kept source: blanked like the frame store, same frame count
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -144,28 +147,43 @@ def _is_gray(rgb: np.ndarray, tolerance: int = 4) -> bool:
                 and np.abs(sample[..., 2] - sample[..., 1]).max() <= tolerance)
 
 
-def too_few_frames(count: int, minimum: int) -> VideoError:
+class Unusable(VideoError):
+    """A video decoded to its end but refused as it is (too few frames). Its blanked source
+    is whole, so it replaces the upload and `manage.py reprocess` can run it after a change
+    of settings; other failures leave no whole blanked copy behind."""
+
+    def __init__(self, reason: str, *, source: Path, region: Region, region_source: str,
+                 info: VideoInfo):
+        super().__init__(reason)
+        self.source, self.region, self.region_source, self.info = (
+            source, region, region_source, info)
+
+
+def too_few_frames(count: int, minimum: int) -> str:
     noun = "frame" if count == 1 else "frames"
-    return VideoError(
-        f"only {count} {noun}; at least {minimum} are needed (a sweep through the nodule, "
-        "not a still image)"
-    )
+    return (f"only {count} {noun}; at least {minimum} are needed (a sweep through the nodule, "
+            "not a still image)")
 
 
 def process_video(
-    path: Path, out_dir: Path, *, masks_for: MasksFor = lambda w, h: (), options: Options
+    path: Path, out_dir: Path, *, masks_for: MasksFor = lambda w, h: (), options: Options,
+    region: Region | None = None, region_source: str = "",
 ) -> Processed:
-    """Decode `path` once and write chunk files, `thumbnail.jpg` and `clip.npy` to `out_dir`.
+    """Decode `path` once and write chunk files, `thumbnail.jpg`, `clip.npy` and the kept
+    source (`source.mkv` or `source.dcm`) to `out_dir`.
 
-    Raises `VideoError` with a reason a person understands for every unusable file.
+    `region` (with its `region_source`) is the ultrasound region found when the video was
+    first processed: a kept source is blank outside it, where finding it again could only
+    shrink it. Raises `VideoError` with a reason a person understands for every unusable
+    file (`Unusable` when the blanked source is whole nevertheless).
     """
     t0 = time.perf_counter()
     container = mlvideo.sniff_format(path)
     info, declared = _header_info(path, container, options.max_side)
     frames = mlvideo.iter_frames(path, max_side=options.max_side)
 
-    region = mlvideo.declared_region(path) if container == "dicom" else None
-    region_source = "dicom"
+    if region is None and container == "dicom":
+        region, region_source = mlvideo.declared_region(path), "dicom"
     head: list[np.ndarray] = []
     if region is None:
         region_source = "image"
@@ -180,22 +198,39 @@ def process_video(
 
     writer = ChunkWriter(out_dir, options.chunk_size)
     builder: ClipWriter | None = None
+    source: DicomRleWriter | MjpegMatroskaWriter | None = None
     masks: list[Region] = []
     thumb_at = declared // 2 if declared > 0 else 0
     thumbnail: np.ndarray | None = None
     quality = [int(cv2.IMWRITE_JPEG_QUALITY), options.jpeg_quality]
 
-    def encode(rgb: np.ndarray) -> bytes:
+    def encode(rgb: np.ndarray) -> tuple[bytes, bool]:
+        """The frame's JPEG and whether it is gray."""
         # B-mode frames are gray (R = G = B up to codec rounding): one channel is a smaller
         # JPEG, faster to write and to decode in the player. Colour (Doppler, coloured
         # overlays) keeps its colour.
-        if _is_gray(rgb):
+        gray = _is_gray(rgb)
+        if gray:
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., 1]), quality)
         else:
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
             raise VideoError("a frame could not be encoded as JPEG")
-        return buf.tobytes()
+        return buf.tobytes(), gray
+
+    def encode_all(rgb: np.ndarray) -> tuple[bytes, bool, bytes | None]:
+        jpeg, gray = encode(rgb)
+        # A DICOM source keeps lossless pixels: its RLE fragment is made here, in parallel.
+        fragment = source.encode(rgb) if isinstance(source, DicomRleWriter) else None
+        return jpeg, gray, fragment
+
+    def store(rgb: np.ndarray, done) -> None:
+        jpeg, gray, fragment = done.result()
+        writer.add(jpeg)
+        if fragment is None:
+            source.add(rgb, jpeg, gray=gray)
+        else:
+            source.add_fragment(fragment, rgb.shape[:2])
 
     def all_frames():
         yield from head
@@ -204,39 +239,58 @@ def process_video(
 
     # JPEG encoding (the costliest step: a 720p speckle frame takes longer to encode than to
     # decode) runs in `ENCODERS` threads beside decoding; OpenCV releases the GIL. Results are
-    # taken in order, with a few frames in flight at most (bounded memory).
+    # taken in order, with a few frames in flight at most (bounded memory); the kept source
+    # of a plain video is made of the same JPEGs, so it costs no encoding of its own.
     count = 0
     pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
-        for frame in all_frames():
-            if builder is None:
-                height, width = frame.shape[:2]
-                masks = [m for m in masks_for(width, height) if m.area]
-                builder = ClipWriter(out_dir / "clip.npy", region, options.clip_size, masks)
-            frame = np.ascontiguousarray(frame)
-            mlvideo.blank_outside(frame, region, masks, copy=False)
-            builder.add(frame)
-            if count == thumb_at:
-                thumbnail = frame.copy()
-            if len(pending) > 2 * ENCODERS:
-                writer.add(pending.popleft().result())
-            pending.append(pool.submit(encode, frame))
-            count += 1
-        while pending:
-            writer.add(pending.popleft().result())
-    writer.flush()
+    try:
+        with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
+            for frame in all_frames():
+                if builder is None:
+                    height, width = frame.shape[:2]
+                    masks = [m for m in masks_for(width, height) if m.area]
+                    builder = ClipWriter(out_dir / "clip.npy", region, options.clip_size,
+                                         masks)
+                    if container == "dicom":
+                        source = DicomRleWriter(out_dir / "source.dcm", header_from=path)
+                    else:
+                        source = MjpegMatroskaWriter(out_dir / "source.mkv", width=width,
+                                                     height=height, fps=info.fps,
+                                                     quality=options.jpeg_quality)
+                frame = np.ascontiguousarray(frame)
+                mlvideo.blank_outside(frame, region, masks, copy=False)
+                builder.add(frame)
+                if count == thumb_at:
+                    thumbnail = frame.copy()
+                if len(pending) > 2 * ENCODERS:
+                    store(*pending.popleft())
+                pending.append((frame, pool.submit(encode_all, frame)))
+                count += 1
+            while pending:
+                store(*pending.popleft())
+        writer.flush()
+        if source is not None:
+            source.finish()
+    except BaseException:
+        if source is not None:
+            source.discard()  # a part of the video is not a copy of it
+        raise
     t_decode = time.perf_counter()
 
     if count == 0 or builder is None:
         raise VideoError("no frame could be decoded: the file is damaged or its codec is not "
                          "supported")
     if container != "dicom" and declared > 0 and count < declared // 2:
+        source.discard()  # the decoded part only: the damaged upload itself is kept
         raise VideoError(
             f"only {count} of about {declared} frames could be decoded; the file is damaged "
             "or incomplete"
         )
     if count < options.min_frames:
-        raise too_few_frames(count, options.min_frames)
+        builder.finish()
+        raise Unusable(too_few_frames(count, options.min_frames), source=source.path,
+                       region=builder.crop, region_source=region_source,
+                       info=_counted(info, count, frame))
 
     if thumbnail is None:
         thumbnail = frame
@@ -245,13 +299,11 @@ def process_video(
     small = cv2.resize(thumbnail, (max(1, round(tw * scale)), max(1, round(th * scale))),
                        interpolation=cv2.INTER_AREA)
     thumb_path = out_dir / "thumbnail.jpg"
-    thumb_path.write_bytes(encode(small))
+    thumb_path.write_bytes(encode(small)[0])
 
     clip_shape = builder.finish()
 
-    fps = info.fps
-    info = VideoInfo(container, info.codec, fps, count, info.width or thumbnail.shape[1],
-                     info.height or thumbnail.shape[0], count / fps if fps else 0.0)
+    info = _counted(info, count, thumbnail)
     t_end = time.perf_counter()
     return Processed(
         info=info,
@@ -262,7 +314,15 @@ def process_video(
         thumbnail=thumb_path,
         clip=builder.path,
         clip_shape=clip_shape,
+        source=source.path,
         seconds=t_end - t0,
         timings={"region": t_region - t0, "decode_store": t_decode - t_region,
                  "finish": t_end - t_decode},
     )
+
+
+def _counted(info: VideoInfo, count: int, frame: np.ndarray) -> VideoInfo:
+    """`info` with the decoded frame count (and the frame's size when the header had none)."""
+    fps = info.fps
+    return VideoInfo(info.container, info.codec, fps, count, info.width or frame.shape[1],
+                     info.height or frame.shape[0], count / fps if fps else 0.0)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from django.core.cache import cache
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, IntegrityError, models, transaction
@@ -103,6 +104,28 @@ def audit_record(
         ip_address=ip_address,
         detail=detail or {},
     )
+
+
+def frames_view_cache_key(user_id: int, video_id: int) -> str:
+    return f"audit:frames:{user_id}:{video_id}"
+
+
+def video_frames_viewed(*, user: User, video_id: int, ip_address: str | None = None) -> None:
+    """Audit that `user` looks at a video's frames (the player, the workspace, an API client),
+    once per user and video within `FRAME_AUDIT_WINDOW_SECONDS`: one row per viewing rather
+    than one per frame or chunk request, which would bury every other event. The cache key
+    is set first (`add` is atomic), so concurrent requests record one row; a failed write
+    clears it so the next request tries again."""
+    key = frames_view_cache_key(user.pk, video_id)
+    if not cache.add(key, True, timeout=setting("FRAME_AUDIT_WINDOW_SECONDS")):
+        return
+    try:
+        video = Video.objects.select_related("nodule__patient__centre").get(pk=video_id)
+        audit_record(user=user, action=AuditAction.VIEW, obj=video, ip_address=ip_address,
+                     detail={"what": "frames"})
+    except BaseException:
+        cache.delete(key)
+        raise
 
 
 def _require(user: User | None, action: Action, centre: Centre) -> None:
@@ -436,8 +459,18 @@ def _mark_duplicate(video: Video, original: Video, incoming: Path, sha256: str) 
     )
 
 
+# The incoming folder holds an upload's identified bytes until de-identification; then, until
+# its blanked source is stored, a de-identified copy under this suffix (also where a file that
+# could not be blanked stays, private, for `manage.py reprocess`).
+DEIDENTIFIED_SUFFIX = ".deidentified"
+
+
 def _intake(video: Video) -> bool:
-    """De-identify the incoming upload into storage; False when the video has failed."""
+    """De-identify the incoming upload's header and container metadata, in the private
+    incoming folder; the identified bytes are deleted then. False when the video has failed.
+    Burned-in text is blanked by `_process`, before anything reaches storage."""
+    if video.incoming_name.endswith(DEIDENTIFIED_SUFFIX):
+        return True  # de-identified already (a reprocess after a failure)
     incoming = incoming_dir() / video.incoming_name
     if not incoming.exists():
         raise VideoError("the uploaded file is no longer in the incoming folder; upload it again")
@@ -470,20 +503,14 @@ def _intake(video: Video) -> bool:
     # cannot be de-identified, so it stays quarantined in the private incoming folder.
     container = mlvideo.sniff_format(incoming)
     centre = video.nodule.patient.centre
+    clean = incoming_dir() / f"{video.pk}{DEIDENTIFIED_SUFFIX}"
     with tempfile.TemporaryDirectory(dir=incoming_dir()) as tmp:
-        clean = Path(tmp) / "deidentified"
-        deidentify(incoming, clean, container=container, secret=centre.deid_secret,
+        partial = Path(tmp) / "deidentified"
+        deidentify(incoming, partial, container=container, secret=centre.deid_secret,
                    pseudonym=video.nodule.patient.code)
-        name = video_upload_path(video, video.original_filename)
-        try:
-            if default_storage.exists(name):
-                default_storage.delete(name)
-            with clean.open("rb") as f:
-                stored = default_storage.save(name, File(f, name=name))
-        except OSError as exc:
-            raise TransientError(f"storage unavailable: {exc}") from exc
-    Video.objects.filter(pk=video.pk).update(file=stored, container=container, incoming_name="")
-    video.file.name, video.container, video.incoming_name = stored, container, ""
+        os.replace(partial, clean)
+    Video.objects.filter(pk=video.pk).update(container=container, incoming_name=clean.name)
+    video.container, video.incoming_name = container, clean.name
     incoming.unlink(missing_ok=True)  # the identified bytes are gone from here on
     return True
 
@@ -515,34 +542,109 @@ def processing_options() -> processing.Options:
     )
 
 
+@contextmanager
+def _source_of(video: Video):
+    """A local path of what processing reads: the private de-identified copy while there is
+    one, else the kept source in storage."""
+    if video.incoming_name:
+        path = incoming_dir() / video.incoming_name
+        if not path.exists():
+            raise VideoError("the de-identified upload is missing; upload it again")
+        yield path
+        return
+    if not video.file or not default_storage.exists(video.file.name):
+        raise VideoError("the de-identified upload is missing from storage; upload it again")
+    with _local_file(video.file.name) as path:
+        yield path
+
+
+def _known_region(video: Video) -> dict:
+    """The region found when the video was first decoded: its kept source is blank outside
+    it, so finding it again there could only shrink it (and change the clip)."""
+    if not video.region_w or not video.region_h:
+        return {}
+    region = mlvideo.Region(video.region_x, video.region_y, video.region_w, video.region_h)
+    return {"region": region, "region_source": video.region_source}
+
+
+def _upload_fields(video: Video, info: mlvideo.VideoInfo) -> dict:
+    """Container, codec and rate describe the upload: read from it the first time, kept when
+    a kept source (Motion JPEG in Matroska, RLE DICOM) is processed again."""
+    if video.codec:
+        fps = video.fps or 0.0
+        return {"fps": video.fps, "duration_s": info.frame_count / fps if fps else None}
+    return {"container": info.container, "codec": info.codec[:64], "fps": info.fps or None,
+            "duration_s": info.duration_s or None}
+
+
+def _store_source(video: Video, source: Path) -> str:
+    """Save the blanked source beside (never over) the current one: a crash before the row
+    points to it (`_set_source`) leaves the row's source whole."""
+    name = video_upload_path(video, "") + source.suffix
+    try:
+        with source.open("rb") as f:
+            return default_storage.save(name, File(f, name=name))
+    except OSError as exc:
+        raise TransientError(f"storage unavailable: {exc}") from exc
+
+
+def _set_source(video: Video, stored: str, status: str, reason: str = "", **fields) -> None:
+    """Make `stored` the video's kept source (with the row's other new fields), then delete
+    what it replaces: the private de-identified copy, or an older stored source. Deleted
+    only once the row points to the new copy, so a crash in between loses nothing."""
+    previous = video.file.name if video.file else ""
+    private = incoming_dir() / video.incoming_name if video.incoming_name else None
+    _set_status(video, status, reason, file=stored, incoming_name="", **fields)
+    if private is not None:
+        private.unlink(missing_ok=True)
+    if previous and previous != stored:
+        default_storage.delete(previous)
+
+
+def _keep_unusable(video: Video, exc: processing.Unusable) -> None:
+    """A video refused after a whole decoding pass: its blanked source replaces the upload
+    (nothing is lost: it holds every frame), with the region it was blanked by, and the
+    video fails with the reason."""
+    region = exc.region
+    _set_source(
+        video, _store_source(video, exc.source), VideoStatus.FAILED, exc.reason[:2000],
+        processed_at=timezone.now(), **_upload_fields(video, exc.info),
+        region_x=region.x, region_y=region.y, region_w=region.w, region_h=region.h,
+        region_source=exc.region_source,
+    )
+
+
 def _process(video: Video) -> None:
     from annotations.selectors import centre_masks_for
 
     masks_for = centre_masks_for(centre_id=video.nodule.patient.centre_id)
-    if not video.file or not default_storage.exists(video.file.name):
-        raise VideoError("the de-identified upload is missing from storage; upload it again")
     version = video.frames_version + 1
     centre = video.nodule.patient.centre.code
     prefix = f"frames/{centre}/{video.pk}/v{version}"
     saved: list[str] = []
-    with _local_file(video.file.name) as source, tempfile.TemporaryDirectory() as out:
-        result = processing.process_video(source, Path(out), masks_for=masks_for,
-                                          options=processing_options())
+    with _source_of(video) as source, tempfile.TemporaryDirectory() as out:
+        try:
+            result = processing.process_video(source, Path(out), masks_for=masks_for,
+                                              options=processing_options(),
+                                              **_known_region(video))
+        except processing.Unusable as exc:
+            _keep_unusable(video, exc)
+            return
         try:
             for path in [*result.chunks, result.thumbnail, result.clip]:
                 with path.open("rb") as f:
                     saved.append(default_storage.save(f"{prefix}/{path.name}", File(f)))
-        except OSError as exc:
+            stored = _store_source(video, result.source)
+        except (OSError, TransientError) as exc:
             for name in saved:
                 default_storage.delete(name)
             raise TransientError(f"storage unavailable: {exc}") from exc
     old_prefix = video.frames_prefix
     info, region = result.info, result.region
-    _set_status(
-        video, VideoStatus.READY, "",
-        container=info.container, codec=info.codec[:64], fps=info.fps or None,
+    _set_source(
+        video, stored, VideoStatus.READY, "", **_upload_fields(video, info),
         frame_count=info.frame_count, width=info.width, height=info.height,
-        duration_s=info.duration_s or None, region_x=region.x, region_y=region.y,
+        region_x=region.x, region_y=region.y,
         region_w=region.w, region_h=region.h, region_source=result.region_source,
         frames_prefix=prefix, frames_chunk_size=processing_options().chunk_size,
         frames_version=version, thumbnail=saved[-2], clip=saved[-1],

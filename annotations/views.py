@@ -3,6 +3,7 @@ objects answer 404."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -103,9 +104,10 @@ def video_original(request, video_id: int):
     services.audit_record(
         user=request.user, action=AuditAction.EXPORT, obj=video, ip_address=client_ip(request)
     )
-    return protected_file_response(
-        video.file.name, download_name=f"video-{video.pk}.{video.container or 'bin'}"
-    )
+    # The kept source's own format (Matroska or DICOM since burned-in text is blanked in
+    # it), which may differ from the container the upload came in.
+    suffix = Path(video.file.name).suffix or f".{video.container or 'bin'}"
+    return protected_file_response(video.file.name, download_name=f"video-{video.pk}{suffix}")
 
 
 # --- Cases ----------------------------------------------------------------------------------
@@ -241,13 +243,13 @@ def video_detail(request, video_id: int):
     )
     _audit_view(request, video)
     centre_id = video.nodule.patient.centre_id
-    first_frame = reverse("video-frame", kwargs={
-        "video_id": video.pk, "version": video.frames_version or 0, "index": 0})
+    first_chunk = reverse("video-chunk", kwargs={
+        "video_id": video.pk, "version": video.frames_version or 0, "chunk": 0})
     return render(request, "annotations/video_detail.html", {
         "video": video, "nodule": video.nodule, "patient": video.nodule.patient,
         "can_change": can(request.user, Action.CHANGE, centre_id),
         "can_export": can(request.user, Action.EXPORT, centre_id),
-        "frame_base": first_frame[: -len("0.jpg")],
+        "chunk_base": first_chunk[: -len("0")],
     })
 
 
@@ -307,10 +309,13 @@ def _cached(request, etag: str, produce, content_type: str) -> HttpResponse:
     return response
 
 
-def _frames_of(request, video_id: int, version: int) -> dict:
+def _frames_of(request, video_id: int, version: int, *, audit: bool = True) -> dict:
     video = video_for_frames(user=request.user, video_id=video_id)
     if video is None or video["frames_version"] != version:
         raise Http404("No such frames")
+    if audit:
+        services.video_frames_viewed(user=request.user, video_id=video_id,
+                                     ip_address=client_ip(request))
     return video
 
 
@@ -349,7 +354,8 @@ def video_chunk(request, video_id: int, version: int, chunk: int):
 
 @login_or_token_required
 def video_thumbnail(request, video_id: int, version: int):
-    video = _frames_of(request, video_id, version)
+    # A preview on case lists and pages (themselves audited), not a viewing of the video.
+    video = _frames_of(request, video_id, version, audit=False)
 
     def read() -> bytes:
         with default_storage.open(video["thumbnail"], "rb") as f:

@@ -10,8 +10,9 @@ needs just to decode it, and the memory the web and worker processes need for a 
    with per-frame noise.
 2. The decode floor: `cv2.VideoCapture.read()` over every frame, nothing else.
 3. The whole processing, as the worker runs it (`annotations.services.video_process`): SHA-256,
-   duplicate check, magic bytes, de-identification into storage, one decoding pass with region
-   detection, blanking, the JPEG frame store, thumbnail and training clip, and the row update.
+   duplicate check, magic bytes, de-identification, one decoding pass with region detection,
+   blanking, the JPEG frame store, thumbnail, training clip and the blanked kept source that
+   replaces the upload in storage, and the row update.
    Floor and processing alternate `--repeats` times (3); the minima are compared.
 4. With --big-gb: a Motion-JPEG AVI of that size (noise frames) is streamed into a resumable
    upload session (`services.upload_append`, 64 MiB per PATCH as the tus endpoint receives it)
@@ -175,7 +176,14 @@ def child_process(var: Path, video_id: int) -> dict:
     video.refresh_from_db()
     return {"status": video.status, "reason": video.failure_reason,
             "frames": video.frame_count, "seconds": time.perf_counter() - t0,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "kept_source_bytes": kept_source_bytes(video)}
+
+
+def kept_source_bytes(video) -> int:
+    """Size of what storage keeps instead of the upload (blanked, annotations.kept_source)."""
+    from django.core.files.storage import default_storage
+
+    return default_storage.size(video.file.name)
 
 
 def run_child(*args: str) -> dict:
@@ -241,7 +249,7 @@ def main(argv=None) -> None:
 
         # Interleaved repeats, because other work shares the machine: the floor and the
         # processing are each measured `--repeats` times, alternately, and the minima compared.
-        floors, totals, stores = [], [], []
+        floors, totals, stores, kept = [], [], [], []
         for i in range(args.repeats):
             seconds, frames = decode_floor(video_path)
             floors.append(seconds)
@@ -260,6 +268,7 @@ def main(argv=None) -> None:
             assert video.status == "ready", video.failure_reason
             assert video.frame_count == frames
             stores.append(video.processing_seconds)
+            kept.append(kept_source_bytes(video))
             print(f"whole processing: {totals[-1]:.2f} s", flush=True)
         floor, total = min(floors), min(totals)
         report["video"] = {"frames": frames, "size": args.size, "fps": args.fps,
@@ -267,6 +276,7 @@ def main(argv=None) -> None:
         report["decode_floor_s"] = [round(v, 2) for v in floors]
         report["processing_s"] = [round(v, 2) for v in totals]
         report["decode_and_store_s"] = stores
+        report["kept_source_bytes"] = kept[-1]
         report["ratio_of_minima"] = round(total / floor, 2)
         report["ratio_of_medians"] = round(float(np.median(totals) / np.median(floors)), 2)
         print(f"whole processing {total:.2f} s = {total / floor:.2f} x the decode floor "

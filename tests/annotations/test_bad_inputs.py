@@ -1,7 +1,8 @@
 """Bad input never crashes a worker and never loses data: each case below ends `failed` with
 a reason a person understands, through the REST API and through `import_cases` alike, and
-the upload is kept (de-identified in storage, or quarantined in the private incoming folder
-when it is not a video at all) so that `manage.py reprocess` can run it again."""
+the upload is kept so that `manage.py reprocess` can run it again: in storage with its
+burned-in text blanked when it decoded to the end, de-identified in the private incoming
+folder when it could not be blanked, quarantined there as uploaded when it is not a video."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from django.core.management import CommandError, call_command
 from django.utils.html import escape
 from rest_framework.test import APIClient
 
+from annotations.conf import incoming_dir
 from annotations.models import Video, VideoStatus
+from ml import video as mlvideo
 from tests.annotations.conftest import dicom_file, sweep_frames, write_video
 from tests.conftest import make_user
 from tests.factories import NoduleFactory, PatientFactory
@@ -74,14 +77,14 @@ def dicom_without_pixels(tmp: Path) -> Path:
 # name -> (make the file, what the reason must say (a regular expression), what is kept)
 BAD_INPUTS = {
     "zero bytes": (empty, r"empty \(0 bytes\)", "nothing"),
-    "truncated": (truncated, "incomplete", "stored"),
+    "truncated": (truncated, "incomplete", "private"),
     "not a video": (not_a_video, r"a PNG image, not a video", "quarantined"),
     "unsupported codec": (unsupported_codec,
                           r"codec 'ZZ99' is not supported|a format the platform cannot read",
-                          "stored"),
+                          "private"),
     "too few frames": (too_few_frames, r"only 3 frames; at least 8 are needed", "stored"),
-    "absurd dimensions": (absurd_dimensions, "at most 4096 pixels a side", "stored"),
-    "DICOM without pixel data": (dicom_without_pixels, "no pixel data", "stored"),
+    "absurd dimensions": (absurd_dimensions, "at most 4096 pixels a side", "private"),
+    "DICOM without pixel data": (dicom_without_pixels, "no pixel data", "private"),
 }
 ROUTES = ["api", "import_cases"]
 
@@ -138,13 +141,19 @@ def test_bad_input_fails_with_a_reason_and_is_kept(setup, route, case,
     assert video.status == VideoStatus.FAILED
     assert re.search(reason, video.failure_reason), video.failure_reason
     assert video.failure_reason in said  # the API's failure_reason, or the import report
-    if kept == "stored":
+    private = incoming_dir() / video.incoming_name if video.incoming_name else None
+    if kept == "stored":  # blanked, every frame kept
         assert video.file and default_storage.exists(video.file.name)
-        assert not video.incoming_name
+        assert not video.incoming_name and not any(incoming_dir().iterdir())
+        assert len(list(mlvideo.iter_frames(default_storage.path(video.file.name)))) == 3
+    elif kept == "private":  # de-identified, never in storage: it could not be blanked
+        assert not video.file and not default_storage.exists("videos")
+        assert private.name.endswith(".deidentified") and private.stat().st_size > 0
+        if path.suffix == ".dcm":
+            assert str(pydicom.dcmread(private).PatientName) == "BAD-P1"
+        assert [p.name for p in incoming_dir().iterdir()] == [private.name]
     elif kept == "quarantined":
-        from annotations.conf import incoming_dir
-
-        assert (incoming_dir() / video.incoming_name).read_bytes() == path.read_bytes()
+        assert private.read_bytes() == path.read_bytes()
         assert not video.file
     else:
         assert not video.file and not video.incoming_name
@@ -186,11 +195,15 @@ def test_reprocess_runs_a_kept_upload_again_after_a_fix(setup, settings,
     path = too_few_frames(setup["files"])
     video, _ = submit("api", path, setup, django_capture_on_commit_callbacks)
     assert video.status == VideoStatus.FAILED
+    kept = video.file.name  # the blanked source, with every frame
     settings.THYROCINE = {**settings.THYROCINE, "MIN_FRAMES": 3}  # the fix
     call_command("reprocess", "--failed", "--inline")
     video.refresh_from_db()
     assert video.status == VideoStatus.READY and video.frame_count == 3
     assert video.failure_reason == "" and video.attempts == 2
+    assert (video.container, video.codec) == ("mp4", "FMP4")  # the upload's, not the copy's
+    # the source written by this run replaced the one it was made from
+    assert default_storage.exists(video.file.name) != default_storage.exists(kept)
 
 
 def test_a_worker_survives_an_unexpected_error(setup, monkeypatch,
@@ -205,4 +218,4 @@ def test_a_worker_survives_an_unexpected_error(setup, monkeypatch,
     video, said = submit("api", path, setup, django_capture_on_commit_callbacks)
     assert video.status == VideoStatus.FAILED
     assert "unexpected error (error)" in said and "upload is kept" in said
-    assert default_storage.exists(video.file.name)
+    assert (incoming_dir() / video.incoming_name).exists() and not video.file

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 import uuid
 
 import cv2
 import numpy as np
 import pytest
+from django.core.cache import cache
 from django.core.files.storage import default_storage
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from annotations import services
 from annotations.conf import incoming_dir
-from annotations.models import VideoStatus
+from annotations.models import AuditEvent, VideoStatus
 from tests.annotations.conftest import write_video
 from tests.conftest import make_user
 from tests.factories import NoduleFactory, PatientFactory
@@ -94,6 +96,7 @@ def test_frames_are_cached_privately_and_revalidated_by_etag(ready_video, client
 def test_queries_per_frame_request_are_constant(ready_video, client, centre_a):
     client.force_login(make_user("annotator", centre_a))
     base = f"/files/videos/{ready_video.pk}/v{ready_video.frames_version}"
+    client.get(f"{base}/frames/1.jpg")  # the one request of the window that writes the audit
     counts = []
     for url in (f"{base}/frames/0.jpg", f"{base}/frames/39.jpg", f"{base}/chunks/1",
                 f"{base}/thumbnail.jpg"):
@@ -101,6 +104,40 @@ def test_queries_per_frame_request_are_constant(ready_video, client, centre_a):
             assert client.get(url).status_code == 200
         counts.append(len(queries))
     assert len(set(counts)) == 1 and counts[0] <= 3, counts  # session, user, video
+
+
+def test_frame_requests_are_audited_once_per_user_video_and_window(ready_video, client,
+                                                                   centre_a, settings):
+    settings.THYROCINE = {**settings.THYROCINE, "FRAME_AUDIT_WINDOW_SECONDS": 1}
+    reader, annotator = make_user("reader", centre_a), make_user("annotator", centre_a)
+    for user in (reader, annotator):
+        cache.delete(services.frames_view_cache_key(user.pk, ready_video.pk))
+    base = f"/files/videos/{ready_video.pk}/v{ready_video.frames_version}"
+
+    def events() -> list[tuple[str, str, str, dict]]:
+        rows = AuditEvent.objects.filter(object_type="annotations.Video", action="view",
+                                         object_id=str(ready_video.pk)).order_by("pk")
+        return [(e.username, e.action, e.centre_code, e.detail) for e in rows]
+
+    def watch(user) -> None:
+        client.force_login(user)
+        for url in [f"{base}/frames/{i}.jpg" for i in range(N)] + [f"{base}/chunks/0",
+                                                                  f"{base}/chunks/1"]:
+            assert client.get(url).status_code == 200
+
+    viewing = ("view", centre_a.code, {"what": "frames"})
+    watch(reader)
+    assert events() == [(reader.username, *viewing)]  # 42 requests, one row
+    watch(annotator)
+    assert events() == [(reader.username, *viewing), (annotator.username, *viewing)]
+    time.sleep(1.1)  # the window is over: a new viewing
+    client.force_login(reader)
+    assert client.get(f"{base}/chunks/1").status_code == 200
+    assert len(events()) == 3 and events()[-1][0] == reader.username
+    # A request that is refused (another centre's user) records nothing.
+    client.force_login(make_user("reader", PatientFactory().centre))
+    assert client.get(f"{base}/frames/0.jpg").status_code == 404
+    assert len(events()) == 3
 
 
 def test_reprocessing_moves_frames_to_new_urls(ready_video, client, centre_a,

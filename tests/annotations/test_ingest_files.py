@@ -1,8 +1,10 @@
 """Ingestion of real files this project did not write: pydicom's ultrasound test files
 (cine and single frames; uncompressed, RLE, JPEG baseline, JPEG 2000; palette colour, RGB
 and YBR), and MP4/AVI files written at test time from their frames. Checks the decoded frame
-counts, that no identifying header survives, that burned-in text is blanked in stored frames,
-and that the stored clip is the one `ml.video.video_to_clip` makes from the same file."""
+counts, that no identifying header survives, that burned-in text is blanked in stored frames
+and in the kept source (the upload's replacement in storage), that the stored clip is the
+one `ml.video.video_to_clip` makes from the kept source, and that processing the kept source
+again (`manage.py reprocess`) gives the same frames."""
 
 from __future__ import annotations
 
@@ -45,6 +47,28 @@ def ingest(path: Path, nodule, **kw):
                                     enqueue=False, **kw)
     services.video_process(video=video)
     video.refresh_from_db()
+    return video
+
+
+def kept_frames(video):
+    """The frames of the video's kept source (what storage holds instead of the upload)."""
+    return mlvideo.iter_frames(default_storage.path(video.file.name))
+
+
+def outside(video, frame: np.ndarray) -> np.ndarray:
+    """The pixels of `frame` outside the video's ultrasound region."""
+    x, y, w, h = video.region
+    mask = np.ones(frame.shape[:2], bool)
+    mask[y : y + h, x : x + w] = False
+    return frame[mask]
+
+
+def reprocess(video):
+    """What `manage.py reprocess --inline` does for one video."""
+    services.video_reprocess(video=video, enqueue=False)
+    services.video_process(video=video)
+    video.refresh_from_db()
+    assert video.status == VideoStatus.READY, video.failure_reason
     return video
 
 
@@ -93,15 +117,27 @@ def test_dicom_is_decoded_deidentified_and_stored(nodule, name, copy_to):
             if len(value) >= 8:  # short IDs like "204" occur in random UIDs by chance
                 assert value.encode() not in header, f"{key} {value!r} is in the header"
     assert BIRTH_DATE not in texts and BIRTH_DATE.encode() not in header
-    # The de-identified file still decodes to the same pixels.
-    assert len(list(mlvideo.iter_frames(default_storage.path(video.file.name)))) == frames
+    assert stored.BurnedInAnnotation == "NO"
+    # The kept source holds the upload's pixels, losslessly, blanked where the stored frames
+    # are: outside the ultrasound region.
+    count = 0
+    for kept, upload in zip(kept_frames(video), mlvideo.iter_frames(src), strict=True):
+        expected = mlvideo.blank_outside(upload, mlvideo.Region(*video.region))
+        np.testing.assert_array_equal(kept, expected)
+        count += 1
+    assert count == frames
     # Every frame is in the store, addressable by index.
     assert stored_frame(video, frames - 1).shape == (height, width, 3)
     clip = np.load(default_storage.path(video.clip))
     assert clip.shape == (frames, 128, 128) and clip.dtype == np.uint8
     same, _ = mlvideo.video_to_clip(default_storage.path(video.file.name), (128, 128),
-                                    min_frames=1)
+                                    mlvideo.Region(*video.region), min_frames=1)
     np.testing.assert_array_equal(clip, same)
+    # Processing the kept source again gives the same frames and clip.
+    region = video.region
+    again = reprocess(video)
+    assert (again.frame_count, again.region, again.container) == (frames, region, "dicom")
+    np.testing.assert_array_equal(np.load(default_storage.path(again.clip)), clip)
 
 
 def test_uids_are_remapped_consistently_per_centre(db, storage, settings, copy_to):
@@ -133,9 +169,12 @@ def test_burned_in_text_of_obxxxx1a_is_blanked(nodule, copy_to):
     assert video.region_source == "dicom" and video.region == (120, 60, 680, 459)
     frame = stored_frame(video, 0)
     # The banner with the patient ID (top) and the settings column (left) carry text.
+    kept = next(kept_frames(video))
     for area in (np.s_[0:55, :], np.s_[60:260, 0:115]):
         assert original[area].max() > 200, "the test file should show burned-in text there"
         assert frame[area].max() < 40 and frame[area].mean() < 1.0
+        assert kept[area].max() == 0
+    assert outside(video, kept).max() == 0
     # The image itself is kept.
     x, y, w, h = video.region
     assert np.abs(frame[y + 10 : y + 90, 340:560].astype(int)
@@ -155,9 +194,15 @@ def test_burned_in_text_of_us1_is_blanked_with_the_centres_banner_mask(nodule, c
     banner = np.s_[0:100, :]  # "BAPTIST MED CTR", IDs, time
     caption = np.s_[355:380, 230:380]  # "LYMPH NODE", below the image
     footer = np.s_[440:475, 380:640]  # "TIS<0.4 MI=0.8 ..."
+    kept = next(kept_frames(video))
     for area in (banner, caption, footer):
         assert original[area].max() > 200
         assert frame[area].max() < 40 and frame[area].mean() < 1.0
+        assert kept[area].max() == 0  # the kept source too: it replaced the upload
+    assert outside(video, kept).max() == 0
+    # The banner mask lies partly inside the region; the rest of the image is kept as is.
+    x, y, w, h = video.region
+    np.testing.assert_array_equal(kept[100 : y + h, x : x + w], original[100 : y + h, x : x + w])
     # Colour flow stays in colour (the frame is stored as a colour JPEG).
     doppler = frame[150:290, 90:310].astype(int)
     assert np.abs(doppler[..., 0] - doppler[..., 2]).max() > 100
@@ -176,13 +221,28 @@ def test_plain_video_files_from_dicom_frames(nodule, tmp_path, suffix, fourcc, s
     assert video.container == suffix[1:] and video.frame_count == 30
     assert (video.width, video.height) == (320, 240) and abs(video.fps - 30.0) < 0.01
     assert video.region_source == "image"
-    # Frame N is the Nth decoded frame.
-    decoded = list(mlvideo.iter_frames(default_storage.path(video.file.name)))
+    # The kept source replaced the upload: Motion JPEG frames, blank outside the region,
+    # frame N the Nth frame of the upload.
+    assert video.file.name.endswith(".mkv")
+    decoded = list(kept_frames(video))
+    assert len(decoded) == 30
+    region = np.s_[video.region_y : video.region_y + video.region_h,
+                   video.region_x : video.region_x + video.region_w]
+    uploaded = list(mlvideo.iter_frames(path))
     for index in (0, 17, 29):
-        region = np.s_[video.region_y : video.region_y + video.region_h,
-                       video.region_x : video.region_x + video.region_w]
         diff = np.abs(stored_frame(video, index)[region].astype(int) - decoded[index][region])
-        assert diff.mean() < 4
+        assert diff.mean() < 3  # the same JPEG, decoded by FFmpeg rather than libjpeg
+        assert np.abs(decoded[index][region].astype(int) - uploaded[index][region]).mean() < 4
+    assert max(outside(video, frame).max() for frame in decoded) < 16
+    assert np.mean([outside(video, frame).mean() for frame in decoded]) < 0.5
+    assert max(outside(video, frame).max() for frame in uploaded) > 100  # there was text
     clip = np.load(default_storage.path(video.clip))
-    same, _ = mlvideo.video_to_clip(default_storage.path(video.file.name), (128, 128))
+    same, _ = mlvideo.video_to_clip(path, (128, 128))
     np.testing.assert_array_equal(clip, same)
+    # Processing the kept source again: the same frames, region and clip (up to the JPEG
+    # rounding of one more generation), and the upload's container, codec and rate.
+    before = (video.region, video.container, video.codec, video.fps)
+    again = reprocess(video)
+    assert again.frame_count == 30 and again.frames_version == 2
+    assert (again.region, again.container, again.codec, again.fps) == before
+    assert np.abs(np.load(default_storage.path(again.clip)).astype(int) - clip).mean() < 1
