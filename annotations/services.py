@@ -577,13 +577,23 @@ def _upload_fields(video: Video, info: mlvideo.VideoInfo) -> dict:
             "duration_s": info.duration_s or None}
 
 
+class _FinishedFile(File):
+    """A finished local file to store. It offers Django's `temporary_file_path`, so a
+    FileSystemStorage moves it (a rename on the same filesystem) instead of copying it: the
+    frame store and the kept source are several times the upload's size. Other storages
+    (S3) read it as any file."""
+
+    def temporary_file_path(self) -> str:
+        return self.file.name
+
+
 def _store_source(video: Video, source: Path) -> str:
     """Save the blanked source beside (never over) the current one: a crash before the row
     points to it (`_set_source`) leaves the row's source whole."""
     name = video_upload_path(video, "") + source.suffix
     try:
         with source.open("rb") as f:
-            return default_storage.save(name, File(f, name=name))
+            return default_storage.save(name, _FinishedFile(f, name=name))
     except OSError as exc:
         raise TransientError(f"storage unavailable: {exc}") from exc
 
@@ -622,7 +632,9 @@ def _process(video: Video) -> None:
     centre = video.nodule.patient.centre.code
     prefix = f"frames/{centre}/{video.pk}/v{version}"
     saved: list[str] = []
-    with _source_of(video) as source, tempfile.TemporaryDirectory() as out:
+    # The output folder lies beside the incoming folder, so that its files can be moved into
+    # local media storage (the same volume in a single-host deployment) rather than copied.
+    with _source_of(video) as source, tempfile.TemporaryDirectory(dir=incoming_dir()) as out:
         try:
             result = processing.process_video(source, Path(out), masks_for=masks_for,
                                               options=processing_options(),
@@ -633,7 +645,8 @@ def _process(video: Video) -> None:
         try:
             for path in [*result.chunks, result.thumbnail, result.clip]:
                 with path.open("rb") as f:
-                    saved.append(default_storage.save(f"{prefix}/{path.name}", File(f)))
+                    saved.append(default_storage.save(f"{prefix}/{path.name}",
+                                                      _FinishedFile(f)))
             stored = _store_source(video, result.source)
         except (OSError, TransientError) as exc:
             for name in saved:
