@@ -5,6 +5,8 @@ toggled, and the overlay changes between frames)."""
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from django.core.files.storage import default_storage
 
 from tests.conftest import make_user
 from tests.e2e.test_annotation_workspace import signed_in
-from tests.webapp.dashboards.conftest import heatmaps_npz, make_world
+from tests.webapp.dashboards.conftest import blob_maps, heatmaps_npz, make_world
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 FRAMES, CHUNK, W, H = 40, 16, 160, 120
@@ -130,4 +132,33 @@ def test_dashboard_roc_and_case_review_heatmap(live_server, chromium_browser, wo
     timeline.click(position={"x": box["width"] * 0.76, "y": box["height"] / 2})
     page.wait_for_function(
         "document.querySelector('#player canvas').dataset.frame === '30'")
+    context.close()
+
+
+def test_an_empty_grad_cam_is_named_and_the_attention_map_shown(live_server, chromium_browser,
+                                                                 world, centre_a):
+    # A model that found nothing to argue for malignancy leaves a Grad-CAM of zeros; its
+    # attention map still shows where it looked.
+    buf = io.BytesIO()
+    np.savez_compressed(buf, gradcam=np.zeros((FRAMES, 12, 16), np.uint8),
+                        attention=np.stack([blob_maps(5, FRAMES, 12, 16),
+                                            blob_maps(9, FRAMES, 12, 16)]))
+    prediction = world.review
+    prediction.heatmaps = default_storage.save(
+        f"predictions/CA/{prediction.video_id}/m1-empty.npz", ContentFile(buf.getvalue()))
+    prediction.save()
+    context, page = signed_in(chromium_browser, live_server, make_user("ml_engineer", centre_a))
+    study = world.versions["irv2_cam"]
+    page.goto(f"{live_server.url}/dashboards/cases/{prediction.pk}/?model={study.pk}"
+              "&split=test")
+    page.wait_for_function("document.querySelector('#player').dataset.heatmaps === 'loaded'")
+    assert page.locator("#heatmap-status").inner_text() == (
+        "Grad-CAM is zero in every frame: showing the attention map")
+    assert not page.is_checked("#show-gradcam") and page.is_checked("#show-attention")
+    page.uncheck("#show-marks")
+    show_frame(page, 20)
+    snap(page, "attention20")
+    page.uncheck("#show-attention")
+    snap(page, "bare20")
+    assert diff(page, "attention20", "bare20") > 1000
     context.close()
