@@ -94,12 +94,12 @@ CHANGES = [
 def test_a_change_shows_on_the_next_request(client, world, centre_a, change, split):
     client.force_login(make_user("ml_engineer", centre_a))
     before = numbers(client, world, split)
-    with CaptureQueriesContext(connection) as cold:
+    with CaptureQueriesContext(connection) as cached:
         numbers(client, world, split)
     cache.clear()
-    with CaptureQueriesContext(connection) as filled:
+    with CaptureQueriesContext(connection) as computed:
         numbers(client, world, split)
-    assert len(cold) < len(filled)  # the first request filled the cache, the second read it
+    assert len(cached) < len(computed)  # the first request filled the cache, the second read it
     change(world)
     after = numbers(client, world, split)
     assert after != before
