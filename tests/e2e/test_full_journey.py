@@ -152,7 +152,7 @@ def test_upload_annotate_train_promote_review_and_read(live_server, chromium_bro
     assert a.get_by_test_id("probability").inner_text() == f"{prediction.probability:.3f}"
     a.wait_for_function("document.querySelector('#player').dataset.heatmaps === 'loaded'")
     # The overlay played is the calcification attention map: a two-epoch model's Grad-CAM
-    # can be zero everywhere (no channel argues for malignancy), its attention never is.
+    # can be zero everywhere (no channel argues for malignancy); its attention, a sigmoid, is not.
     a.uncheck("#show-marks")
     a.uncheck("#show-gradcam")
     a.check("#show-attention")
