@@ -72,6 +72,8 @@ def test_upload_through_the_page_becomes_ready(worker, live_server, browser_page
     assert page.locator("img.thumb").count() == 1
     statuses = page.get_by_test_id("video-status").all_inner_texts()
     assert sorted(statuses) == ["Failed", "Ready"]
+    files: list[str] = []
+    page.on("request", lambda r: files.append(r.url) if "/files/videos/" in r.url else None)
     page.get_by_role("link", name="Video", exact=False).first.click()
     page.get_by_test_id("frame-index").wait_for()
     page.get_by_role("button", name="Next ▶").click()
@@ -81,3 +83,7 @@ def test_upload_through_the_page_becomes_ready(worker, live_server, browser_page
         "() => { const img = document.querySelector('[data-testid=frame]');"
         " return img && img.complete && img.naturalWidth > 0; }")
     assert page.get_by_test_id("frame").evaluate("img => img.naturalWidth") == 160
+    page.get_by_role("button", name="Next ▶").click()
+    page.get_by_role("button", name="◀ Previous").click()
+    # All 12 frames are one chunk of the frame store: one request, none per frame.
+    assert [u.split("/files/videos/")[1].split("/", 1)[1] for u in files] == ["v1/chunks/0"]
