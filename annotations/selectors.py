@@ -184,6 +184,13 @@ def video_for_frames(*, user: User, video_id: int) -> dict | None:
     )
 
 
+def videos_with_unblanked_source(*, videos: QuerySet[Video]) -> QuerySet[Video]:
+    """Those of `videos` whose stored file is a de-identified upload kept as it came (stored
+    before kept sources existed, burned-in text included): kept sources are named
+    `<sha>.mkv` or `<sha>.dcm`, uploads `<sha>` without a suffix (`video_upload_path`)."""
+    return videos.exclude(file="").exclude(file__endswith=".mkv").exclude(file__endswith=".dcm")
+
+
 def nodule_videos(*, user: User, nodule: Nodule) -> QuerySet[Video]:
     return videos_visible_to(user=user).filter(nodule=nodule).select_related(
         "duplicate_of", "duplicate_of__nodule__patient", "uploaded_by"

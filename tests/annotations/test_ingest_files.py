@@ -246,3 +246,31 @@ def test_plain_video_files_from_dicom_frames(nodule, tmp_path, suffix, fourcc, s
     assert again.frame_count == 30 and again.frames_version == 2
     assert (again.region, again.container, again.codec, again.fps) == before
     assert np.abs(np.load(default_storage.path(again.clip)).astype(int) - clip).mean() < 1
+
+
+def test_reprocess_unblanked_replaces_a_source_stored_before_blanking(nodule, copy_to):
+    from io import StringIO
+
+    from django.core.files import File
+    from django.core.management import call_command
+
+    from annotations.models import Video, video_upload_path
+
+    src = copy_to(dicom_file("OBXXXX1A.dcm"))
+    video = ingest(src, nodule)
+    # As stored before kept sources existed: the upload as it came, burned-in text included.
+    with src.open("rb") as f:
+        legacy = default_storage.save(video_upload_path(video, ""), File(f))
+    default_storage.delete(video.file.name)
+    Video.objects.filter(pk=video.pk).update(file=legacy)
+    assert next(mlvideo.iter_frames(default_storage.path(legacy)))[0:55].max() > 200
+
+    out = StringIO()
+    call_command("reprocess", "--unblanked", "--inline", stdout=out)
+    assert out.getvalue() == f"video {video.pk}: ready \n"
+    video.refresh_from_db()
+    assert video.file.name.endswith(".dcm") and not default_storage.exists(legacy)
+    assert outside(video, next(kept_frames(video))).max() == 0
+    out = StringIO()
+    call_command("reprocess", "--unblanked", "--inline", stdout=out)
+    assert out.getvalue() == ""  # nothing left to blank
