@@ -44,6 +44,9 @@ class IRv2Config:
     attention: tuple[str, ...] = ()  # stages ("A", "B", "C") followed by calcification attention
     attention_reduction: int = 16  # channel-MLP bottleneck of the attention module
     drop_rate: float = 0.2  # dropout before the classifier (released model: keep 0.8)
+    # "avg": the release's global average pool. "avgmax": average and max pools side by side,
+    # so a focus that lights up a few cells of a few frames is not averaged away over the clip.
+    pooling: str = "avg"
 
 
 PRESETS = {
@@ -238,6 +241,8 @@ class InceptionResNetV2(nn.Module):
         unknown = set(cfg.attention) - {"A", "B", "C"}
         if unknown:
             raise ValueError(f"attention stages must be among A, B, C; got {sorted(unknown)}")
+        if cfg.pooling not in ("avg", "avgmax"):
+            raise ValueError(f"pooling is 'avg' or 'avgmax'; got {cfg.pooling!r}")
         self.spatial_dims = check_dims(spatial_dims)
         self.cfg = cfg
         b = _Builder(spatial_dims, cfg)
@@ -256,7 +261,7 @@ class InceptionResNetV2(nn.Module):
         blocks_c = [BlockC(b, c, s_c, act=i < n_c - 1) for i in range(n_c)]
         self.stage_c = self._stage(b, "C", blocks_c, c)
         self.conv_final = b.cna(c, b.ch(1536))
-        self.num_features = b.ch(1536)
+        self.num_features = b.ch(1536) * (2 if cfg.pooling == "avgmax" else 1)
         self.pool = global_avg_pool(spatial_dims)
         self.dropout = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -293,5 +298,7 @@ class InceptionResNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
-        x = self.pool(x).flatten(1)  # (B, 1536)
-        return self.fc(self.dropout(x))  # (B, K)
+        pooled = self.pool(x).flatten(1)  # (B, 1536)
+        if self.cfg.pooling == "avgmax":
+            pooled = torch.cat([pooled, x.flatten(2).amax(2)], dim=1)  # (B, 3072)
+        return self.fc(self.dropout(pooled))  # (B, K)

@@ -130,6 +130,18 @@ def test_attention_stages_are_configurable():
         create_model("irv2_cam", attention=("D",))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_avgmax_pooling_doubles_the_classifier_input(spatial_dims):
+    model = create_model("irv2_cam", spatial_dims=spatial_dims, pooling="avgmax").eval()
+    assert model.fc.in_features == 2 * create_model("irv2_cam").fc.in_features
+    shape = TINY_3D if spatial_dims == 3 else TINY_2D
+    with torch.no_grad():
+        logits = model(torch.rand(shape))
+    assert logits.shape == (2, 1) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="pooling"):
+        create_model("irv2_cam", pooling="median")
+
+
 def _mask_with_focus(batch: int = 2) -> torch.Tensor:
     mask = torch.zeros(batch, 16, 64, 64, dtype=torch.uint8)
     mask[:, 5, 10, 12] = 1  # one-pixel punctate focus in one frame
