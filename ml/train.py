@@ -59,6 +59,8 @@ class TrainConfig:
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     augment: bool = True  # ml.data.AugmentSpec defaults during training
+    augment_options: dict = field(default_factory=dict)  # AugmentSpec fields to override,
+    # e.g. {"crop_scale": [0.75, 1.5]} (JSON on the command line)
     batch_size: int = 8  # per process; the effective batch is x grad_accum x world size
     epochs: int = 20  # upper bound; early stopping may end sooner
     lr: float = 1e-3  # AdamW peak learning rate
@@ -139,6 +141,19 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_options.items()}
     return create_model(cfg.arch, config=cfg.preset, **options)
+
+
+def augment_spec(cfg: TrainConfig) -> AugmentSpec:
+    """The run's training augmentation: AugmentSpec defaults with `augment_options` on top."""
+    if not cfg.augment:
+        return _NO_AUGMENT
+    fields = {f.name for f in dataclasses.fields(AugmentSpec)}
+    unknown = set(cfg.augment_options) - fields
+    if unknown:
+        raise ValueError(f"unknown augment options {sorted(unknown)}; options are: "
+                         f"{', '.join(sorted(fields))}")
+    return AugmentSpec(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in cfg.augment_options.items()})
 
 
 def attention_loss(model: nn.Module, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
@@ -513,7 +528,7 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     if cfg.compile:
         model = torch.compile(model)
 
-    augment = AugmentSpec() if cfg.augment else _NO_AUGMENT
+    augment = augment_spec(cfg)
     train_ds = ClipDataset(data_root, "train", spec, train=True, augment=augment,
                            seed=cfg.seed, manifest=cfg.manifest, records=records)
     val_ds = ClipDataset(data_root, "val", spec, manifest=cfg.manifest, records=records)

@@ -236,3 +236,14 @@ def test_select_after_keeps_early_epochs_from_being_best(tiny, tmp_path, tiny_mo
     epochs = [e for e in _events(run) if e["event"] == "epoch"]
     assert not any(e["improved"] for e in epochs[:2])
     assert summary["best_epoch"] >= 3
+
+
+def test_augment_options_override_the_augmentation_defaults():
+    from ml.data import AugmentSpec
+    from ml.train import augment_spec
+
+    spec = augment_spec(make_config("small", augment_options={"crop_scale": [0.75, 1.5]}))
+    assert spec.crop_scale == (0.75, 1.5) and spec.hflip == AugmentSpec().hflip
+    assert augment_spec(make_config("small", augment=False)).hflip == 0.0
+    with pytest.raises(ValueError, match="unknown augment options.*crop_zoom"):
+        augment_spec(make_config("small", augment_options={"crop_zoom": 2}))

@@ -1,5 +1,6 @@
 """docker-compose.yml describes the whole stack with one image and one environment."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,8 +41,11 @@ def test_gpu_worker_reserves_a_gpu_and_runs_one_job_at_a_time(compose):
     assert "-Q cpu" in " ".join(compose["services"]["worker-cpu"]["command"])
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
 def test_compose_file_validates():
+    if not shutil.which("docker-compose"):
+        if os.environ.get("CI"):  # .ci/run installs it: a skip there would hide a broken file
+            pytest.fail("docker-compose is not installed")
+        pytest.skip("docker-compose is not installed")
     result = subprocess.run(
         ["docker-compose", "config", "-q"], cwd=REPO, capture_output=True, text=True,
         env={"DJANGO_SECRET_KEY": "x" * 50, "PATH": "/usr/bin:/bin:/usr/local/bin"},
