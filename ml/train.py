@@ -108,8 +108,12 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # One intra-op thread plus one loader process: on a 2-core machine shared with other work,
     # a 2-thread OpenMP step waits on preempted threads and runs 5-10x slower (measured).
-    "small": dict(frames=16, size=64, batch_size=8, epochs=30, lr=1e-3, warmup_epochs=1.0,
-                  select_after=0.5, attention_loss_weight=1.0, threads=1, num_workers=1),
+    # 96 px: a punctate focus must survive the resize of the nodule crop (docs/ml-results.md);
+    # crops of 0.75-1.5x the nodule box: another centre's depth and nodule sizes put the same
+    # focus at another size in pixels.
+    "small": dict(frames=16, size=96, batch_size=8, epochs=30, lr=1e-3, warmup_epochs=1.0,
+                  select_after=0.5, attention_loss_weight=1.0, threads=1, num_workers=1,
+                  augment_options={"crop_scale": [0.75, 1.5]}),
     "paper": dict(frames=32, size=160, batch_size=16, epochs=60, lr=3e-4, warmup_epochs=3.0,
                   num_workers=8, patience=15),
 }
@@ -141,6 +145,15 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_options.items()}
     return create_model(cfg.arch, config=cfg.preset, **options)
+
+
+def resolved_model_options(model: nn.Module, cfg: TrainConfig) -> dict:
+    """`cfg.model_options` completed with every field of the model's architecture config (the
+    preset's values included), for architectures that keep one in `model.cfg`."""
+    arch = getattr(model, "cfg", None)
+    if not dataclasses.is_dataclass(arch):
+        return dict(cfg.model_options)
+    return {**json.loads(json.dumps(dataclasses.asdict(arch))), **cfg.model_options}
 
 
 def augment_spec(cfg: TrainConfig) -> AugmentSpec:
@@ -516,6 +529,9 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     raw_model = build_model(cfg).to(device)
     spatial_dims = int(getattr(raw_model, "spatial_dims", 3))
     spec = cfg.clip_spec(spatial_dims)
+    # The architecture, resolved, goes into config.json: a later change to a preset's widths,
+    # blocks or pooling must not change what these weights load into.
+    cfg = dataclasses.replace(cfg, model_options=resolved_model_options(raw_model, cfg))
     first = next(r for r in records if r.split == "train")
     clip_hw = np.load((data_root / cfg.manifest).parent / first.clip, mmap_mode="r").shape[1:]
     spec = dataclasses.replace(spec, clip_size=tuple(int(v) for v in clip_hw))

@@ -133,7 +133,9 @@ def test_attention_stages_are_configurable():
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_avgmax_pooling_doubles_the_classifier_input(spatial_dims):
     model = create_model("irv2_cam", spatial_dims=spatial_dims, pooling="avgmax").eval()
-    assert model.fc.in_features == 2 * create_model("irv2_cam").fc.in_features
+    averaged = create_model("irv2_cam", spatial_dims=spatial_dims, pooling="avg")
+    assert model.fc.in_features == 2 * averaged.fc.in_features
+    assert create_model("irv2_cam", config="paper").cfg.pooling == "avg"  # as released
     shape = TINY_3D if spatial_dims == 3 else TINY_2D
     with torch.no_grad():
         logits = model(torch.rand(shape))

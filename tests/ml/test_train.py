@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -247,3 +248,20 @@ def test_augment_options_override_the_augmentation_defaults():
     assert augment_spec(make_config("small", augment=False)).hflip == 0.0
     with pytest.raises(ValueError, match="unknown augment options.*crop_zoom"):
         augment_spec(make_config("small", augment_options={"crop_zoom": 2}))
+
+
+def test_the_resolved_architecture_is_recorded_so_a_preset_change_cannot_alter_a_saved_run(
+        monkeypatch):
+    from ml.models import create_model, inception_resnet
+    from ml.train import build_model, resolved_model_options
+
+    cfg = make_config("small", arch="irv2_cam", model_options={"attention": ["B"]})
+    options = resolved_model_options(create_model("irv2_cam", attention=("B",)), cfg)
+    assert options["attention"] == ["B"] and options["pooling"] == "avgmax"
+    assert options["blocks"] == [1, 2, 1] and options["width"] == 0.25
+    saved = dataclasses.replace(cfg, model_options=options)
+    # A later release changes the small preset: the saved run still builds what it trained.
+    changed = dataclasses.replace(inception_resnet.PRESETS["small"], pooling="avg", width=0.5)
+    monkeypatch.setitem(inception_resnet.PRESETS, "small", changed)
+    model = build_model(saved)
+    assert model.cfg.pooling == "avgmax" and model.cfg.width == 0.25
