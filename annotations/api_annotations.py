@@ -9,6 +9,7 @@ GET  /api/annotations/<id>/                   the document, state, version, comm
 PUT  /api/annotations/<id>/                   {"version": n, "data": {...}} -> 200 | 409
 POST /api/annotations/<id>/transition/        {"action": submit|accept|request_changes|reopen,
                                                "comment": "...", "frame": n, "reason": "..."}
+POST /api/annotations/<id>/comments/<cid>/    {"resolved": true|false}: a comment addressed
 GET  /api/annotations/<id>/export.json        the document (docs/annotation-format.md)
 GET  /api/annotations/<id>/export.xml         CVAT for video 1.1
 POST /api/annotations/<id>/import/            ?version=n, body: the JSON document or CVAT XML
@@ -98,7 +99,7 @@ def annotation_json(annotation: Annotation, user) -> dict:
         "updated_by": annotation.updated_by.get_username() if annotation.updated_by else None,
         "comments": [
             {"id": c.pk, "frame": c.frame, "text": c.text, "created_at": c.created_at.isoformat(),
-             "author": c.author.get_username() if c.author else None}
+             "author": c.author.get_username() if c.author else None, "resolved": c.resolved}
             for c in annotation.comments.select_related("author")
         ],
         "permissions": workspace.permissions_for(user, annotation),
@@ -208,6 +209,26 @@ def annotation_transition(request, annotation_id: int):
         return _error(exc, 403)
     except (services.ValidationError, ValueError) as exc:
         return _error(exc, 400)
+    return Response(annotation_json(annotation, request.user))
+
+
+class CommentResolvedSerializer(serializers.Serializer):
+    resolved = serializers.BooleanField(help_text="true: the comment is addressed")
+
+
+@extend_schema(request=CommentResolvedSerializer, responses={200: AnnotationSerializer})
+@api_view(["POST"])
+def annotation_comment(request, annotation_id: int, comment_id: int):
+    annotation = _visible_annotation(request, annotation_id)
+    comment = get_object_or_404(annotation.comments, pk=comment_id)
+    body = CommentResolvedSerializer(data=request.data)
+    if not body.is_valid():
+        return Response(body.errors, status=400)
+    try:
+        workspace.comment_set_resolved(comment=comment, user=request.user,
+                                       resolved=body.validated_data["resolved"])
+    except services.PermissionDenied as exc:
+        return _error(exc, 403)
     return Response(annotation_json(annotation, request.user))
 
 

@@ -55,6 +55,8 @@ api_urlpatterns = [
          name="api-annotation-detail"),
     path("annotations/<int:annotation_id>/transition/", api_annotations.annotation_transition,
          name="api-annotation-transition"),
+    path("annotations/<int:annotation_id>/comments/<int:comment_id>/",
+         api_annotations.annotation_comment, name="api-annotation-comment"),
     path("annotations/<int:annotation_id>/export.<str:kind>", api_annotations.annotation_export,
          name="api-annotation-export"),
     path("annotations/<int:annotation_id>/import/", api_annotations.annotation_import,

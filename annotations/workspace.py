@@ -77,6 +77,8 @@ def permissions_for(user: User, annotation: Annotation) -> dict[str, bool]:
                                 or (annotation.is_consensus and editable_state)),
         "request_changes": reviewer and state == AnnotationState.SUBMITTED,
         "reopen": reviewer and state == AnnotationState.ACCEPTED,
+        # the annotator says a comment is dealt with, the reviewer agrees or reopens it
+        "resolve_comments": reviewer or (owner and may_edit(user, annotation)),
     }
 
 
@@ -214,6 +216,22 @@ def annotation_request_changes(*, annotation: Annotation, user: User, text: str,
                           reviewed_by=user, reviewed_at=timezone.now())
     ReviewComment.objects.create(annotation=current, author=user, frame=int(frame), text=text)
     return current
+
+
+@transaction.atomic
+def comment_set_resolved(*, comment: ReviewComment, user: User, resolved: bool) -> ReviewComment:
+    """Mark a review comment addressed (or open again); audited on its annotation."""
+    annotation = comment.annotation
+    _visible(user, annotation)
+    if not permissions_for(user, annotation)["resolve_comments"]:
+        raise PermissionDenied("Only the annotator or a reviewer may mark a comment addressed.")
+    comment = ReviewComment.objects.select_for_update().get(pk=comment.pk)
+    if comment.resolved != resolved:
+        comment.resolved = resolved
+        comment.save(update_fields=["resolved"])
+        audit_record(user=user, action=AuditAction.CHANGE, obj=annotation,
+                     detail={"comment": comment.pk, "resolved": resolved})
+    return comment
 
 
 @transaction.atomic

@@ -187,6 +187,55 @@ def test_review_workflow_locks_the_accepted_annotation_until_reopened(tree):
     assert "new pathology" in reasons
 
 
+@pytest.mark.parametrize("who, status", [
+    ("annotator", 200),  # the owner says the comment is dealt with
+    ("admin", 200),  # a reviewer agrees, or opens it again
+    ("colleague", 404),  # a fellow annotator of the centre does not see another's annotation
+    ("outsider", 404),  # another centre: the annotation does not exist
+])
+def test_who_may_mark_a_review_comment_addressed(tree, centre_a, centre_b, who, status):
+    users = {"annotator": tree["annotator"], "admin": tree["admin"],
+             "colleague": member("colleague", "annotator", centre_a),
+             "outsider": member("outsider", "centre_admin", centre_b)}
+    annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
+    workspace.annotation_submit(annotation=annotation, user=tree["annotator"])
+    workspace.annotation_request_changes(annotation=annotation, user=tree["admin"],
+                                         text="Box misses the rim", frame=12)
+    comment = annotation.comments.get()
+    url = f"/api/annotations/{annotation.pk}/comments/{comment.pk}/"
+    response = client_for(users[who]).post(url, {"resolved": True}, format="json")
+    assert response.status_code == status
+    comment.refresh_from_db()
+    assert comment.resolved is (status == 200)
+    if status == 200:
+        assert response.json()["comments"][0]["resolved"] is True
+        event = AuditEvent.objects.filter(object_id=str(annotation.pk)).latest("pk")
+        assert event.detail == {"comment": comment.pk, "resolved": True}
+        assert event.user == users[who]
+        again = client_for(tree["admin"]).post(url, {"resolved": False}, format="json")
+        assert again.json()["comments"][0]["resolved"] is False
+
+
+def test_a_read_only_viewer_cannot_mark_comments_and_bad_bodies_are_refused(tree, centre_a):
+    annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
+    workspace.annotation_submit(annotation=annotation, user=tree["annotator"])
+    workspace.annotation_request_changes(annotation=annotation, user=tree["admin"],
+                                         text="Mark the second focus", frame=3)
+    comment = annotation.comments.get()
+    url = f"/api/annotations/{annotation.pk}/comments/{comment.pk}/"
+    assert client_for(tree["annotator"]).post(url, {}, format="json").status_code == 400
+    assert client_for(tree["annotator"]).post(
+        f"/api/annotations/{annotation.pk}/comments/{comment.pk + 99}/", {"resolved": True},
+        format="json").status_code == 404
+    engineer = make_user("ml_engineer", centre_a)  # reads every annotation (data sets)...
+    seen = client_for(engineer).get(f"/api/annotations/{annotation.pk}/")
+    assert seen.status_code == 200 and not seen.json()["permissions"]["resolve_comments"]
+    refused = client_for(engineer).post(url, {"resolved": True}, format="json")
+    assert refused.status_code == 403  # ...but takes no part in the review
+    comment.refresh_from_db()
+    assert not comment.resolved
+
+
 def test_assigned_reviewer_reviews_and_consensus_is_what_training_uses(tree, centre_a):
     from annotations.selectors import consensus_annotations_for
 

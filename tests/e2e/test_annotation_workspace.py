@@ -293,10 +293,16 @@ def test_review_round_trip_and_lock(live_server, chromium_browser, video, centre
     drag_box(a, (10, 10, 90, 80))  # the fix: a keyframe on frame 12
     assert a.get_by_test_id("track-info").inner_text().startswith("Frame 12: keyframe")
     wait_saved(a)
+    comment.get_by_label("addressed").check()  # the annotator ticks the comment off
+    a.wait_for_function(
+        "document.querySelector('[data-testid=comment]').classList.contains('resolved')")
     a.get_by_role("button", name="Submit for review").click()
     a.get_by_test_id("state").filter(has_text="Submitted").wait_for()
 
     r.reload()
+    # The reviewer sees it ticked before accepting.
+    r.get_by_test_id("comment").get_by_label("addressed").wait_for()
+    assert r.get_by_test_id("comment").get_by_label("addressed").is_checked()
     r.get_by_role("button", name="Accept").click()
     r.get_by_test_id("state").filter(has_text="Accepted").wait_for()
     annotation = Annotation.objects.get(video=video, annotator=annotator)

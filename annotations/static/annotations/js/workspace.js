@@ -300,6 +300,20 @@
       });
       li.appendChild(go);
       li.appendChild(document.createTextNode(" " + c.author + ": " + c.text));
+      li.classList.toggle("resolved", !!c.resolved);
+      if (perms.resolve_comments) {
+        // The annotator ticks what they have dealt with; the reviewer sees it before accepting.
+        var label = document.createElement("label");
+        var box = document.createElement("input");
+        box.type = "checkbox"; box.checked = !!c.resolved;
+        box.addEventListener("change", function () { resolveComment(c, box); });
+        label.appendChild(box);
+        label.appendChild(document.createTextNode(" addressed"));
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(label);
+      } else if (c.resolved) {
+        li.appendChild(document.createTextNode(" (addressed)"));
+      }
       list.appendChild(li);
     });
     $("#submit").hidden = !perms.submit;
@@ -609,6 +623,20 @@
   });
 
   // --- review workflow, consensus, import -------------------------------------------------
+  function resolveComment(comment, box) {
+    box.disabled = true;
+    api("POST", cfg.apiUrl + "comments/" + comment.id + "/", {resolved: box.checked})
+      .then(function (r) {
+        if (r.status !== 200) {
+          box.checked = !box.checked;
+          status(r.json.detail || "HTTP " + r.status, "error");
+        } else {
+          // Only the comments change: the document and any unsaved edits stay as they are.
+          state.annotation.comments = r.json.comments;
+        }
+        renderReview();
+      });
+  }
   function transition(body) {
     return save().then(function () {
       if (state.dirty || state.conflict) { status("Save your changes first", "error"); return; }
