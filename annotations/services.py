@@ -160,6 +160,24 @@ def membership_set(*, actor: User, centre: Centre, user: User, role: str) -> Mem
 
 
 @transaction.atomic
+def reviewer_set(*, actor: User, membership: Membership, reviewer: bool) -> None:
+    """Let a member review annotations at their centre besides its administrators (or stop)."""
+    from annotations.models import ReviewerAssignment
+
+    _require(actor, Action.MANAGE_MEMBERS, membership.centre)
+    if reviewer:
+        _, changed = ReviewerAssignment.objects.get_or_create(centre=membership.centre,
+                                                              user=membership.user)
+    else:
+        changed = ReviewerAssignment.objects.filter(centre=membership.centre,
+                                                    user=membership.user).delete()[0] > 0
+    if changed:
+        audit_record(user=actor, action=AuditAction.CHANGE, obj=membership,
+                     centre=membership.centre,
+                     detail={"member": membership.user.get_username(), "reviewer": reviewer})
+
+
+@transaction.atomic
 def membership_remove(*, actor: User, membership: Membership) -> None:
     _require(actor, Action.MANAGE_MEMBERS, membership.centre)
     if membership.user_id == actor.pk and not actor.platform_role:

@@ -19,6 +19,11 @@ urlpatterns = [
         views.membership_remove,
         name="membership-remove",
     ),
+    path(
+        "centres/<slug:code>/members/<int:membership_id>/reviewer/",
+        views.membership_reviewer,
+        name="membership-reviewer",
+    ),
     path("centres/<slug:code>/cases/", views.case_list, name="case-list"),
     path("centres/<slug:code>/cases/new/", views.case_new, name="case-new"),
     path("patients/<int:patient_id>/", views.patient_detail, name="patient-page"),

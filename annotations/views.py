@@ -53,6 +53,7 @@ def centre_detail(request, code: str):
     context = {
         "centre": centre,
         "memberships": memberships_visible_to(user=request.user).filter(centre=centre),
+        "reviewer_ids": set(centre.reviewers.values_list("user_id", flat=True)),
         "can_manage": can_manage,
         "form": form,
     }
@@ -92,6 +93,21 @@ def membership_remove(request, code: str, membership_id: int):
         messages.success(request, f"{membership.user} removed from {code}.")
     except services.ValidationError as exc:
         messages.error(request, str(exc))
+    return redirect("centre-detail", code=code)
+
+
+@login_required
+@require_POST
+def membership_reviewer(request, code: str, membership_id: int):
+    membership = get_object_or_404(
+        memberships_visible_to(user=request.user).filter(centre__code=code), pk=membership_id
+    )
+    if not can(request.user, Action.MANAGE_MEMBERS, membership.centre):
+        return HttpResponseForbidden("You may not change memberships at this centre.")
+    reviewer = request.POST.get("reviewer") == "1"
+    services.reviewer_set(actor=request.user, membership=membership, reviewer=reviewer)
+    messages.success(request, f"{membership.user} {'reviews' if reviewer else 'no longer reviews'}"
+                              f" annotations at {code}.")
     return redirect("centre-detail", code=code)
 
 

@@ -289,3 +289,33 @@ def test_case_urls_follow_policy(framed_scenario, role, relation, name, client,
     if name == "frame" and response.status_code == 200:
         assert response["Content-Type"] == "image/jpeg"
         assert response["Cache-Control"] == "private, max-age=31536000, immutable"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_making_a_member_a_reviewer_follows_policy(scenario, role, relation, client):
+    from annotations.models import AuditEvent, ReviewerAssignment
+    from annotations.workspace import is_reviewer
+
+    user = scenario["user_for"](role, relation)
+    centre_a = scenario["a"]["centre"]
+    from tests.factories import MembershipFactory
+
+    member = UserFactory(username="would-be-reviewer")
+    membership = MembershipFactory(user=member, centre=centre_a, role=CentreRole.ANNOTATOR)
+    client.force_login(user)
+    url = f"/centres/{centre_a.code}/members/{membership.pk}/reviewer/"
+    response = client.post(url, {"reviewer": "1"})
+    allowed = ALLOWED[(role, relation)]
+    if "manage_members" in allowed:
+        assert response.status_code == 302
+        assert is_reviewer(member, scenario["a"]["video"])
+        event = AuditEvent.objects.filter(object_id=str(membership.pk)).latest("pk")
+        assert event.detail == {"member": member.username, "reviewer": True}
+        page = client.get(f"/centres/{centre_a.code}/").content.decode()
+        assert "Stop reviewing" in page
+        client.post(url, {"reviewer": "0"})
+        assert not is_reviewer(member, scenario["a"]["video"])
+    else:
+        assert response.status_code == (403 if "view" in allowed else 404)
+        assert not ReviewerAssignment.objects.filter(user=member).exists()
