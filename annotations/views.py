@@ -80,14 +80,22 @@ def membership_add(request, code: str):
     return redirect("centre-detail", code=centre.code)
 
 
-@login_required
-@require_POST
-def membership_remove(request, code: str, membership_id: int):
+def _managed_membership(request, code: str, membership_id: int):
+    """The membership, 404 when the user cannot see it, 403 when they may not manage it."""
     membership = get_object_or_404(
         memberships_visible_to(user=request.user).filter(centre__code=code), pk=membership_id
     )
     if not can(request.user, Action.MANAGE_MEMBERS, membership.centre):
         return HttpResponseForbidden("You may not change memberships at this centre.")
+    return membership
+
+
+@login_required
+@require_POST
+def membership_remove(request, code: str, membership_id: int):
+    membership = _managed_membership(request, code, membership_id)
+    if isinstance(membership, HttpResponseForbidden):
+        return membership
     try:
         services.membership_remove(actor=request.user, membership=membership)
         messages.success(request, f"{membership.user} removed from {code}.")
@@ -99,11 +107,9 @@ def membership_remove(request, code: str, membership_id: int):
 @login_required
 @require_POST
 def membership_reviewer(request, code: str, membership_id: int):
-    membership = get_object_or_404(
-        memberships_visible_to(user=request.user).filter(centre__code=code), pk=membership_id
-    )
-    if not can(request.user, Action.MANAGE_MEMBERS, membership.centre):
-        return HttpResponseForbidden("You may not change memberships at this centre.")
+    membership = _managed_membership(request, code, membership_id)
+    if isinstance(membership, HttpResponseForbidden):
+        return membership
     reviewer = request.POST.get("reviewer") == "1"
     services.reviewer_set(actor=request.user, membership=membership, reviewer=reviewer)
     messages.success(request, f"{membership.user} {'reviews' if reviewer else 'no longer reviews'}"

@@ -187,6 +187,15 @@ def test_review_workflow_locks_the_accepted_annotation_until_reopened(tree):
     assert "new pathology" in reasons
 
 
+def commented(tree):
+    """An annotation the reviewer sent back with one comment: (annotation, comment)."""
+    annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
+    workspace.annotation_submit(annotation=annotation, user=tree["annotator"])
+    workspace.annotation_request_changes(annotation=annotation, user=tree["admin"],
+                                         text="Box misses the rim", frame=12)
+    return annotation, annotation.comments.get()
+
+
 @pytest.mark.parametrize("who, status", [
     ("annotator", 200),  # the owner says the comment is dealt with
     ("admin", 200),  # a reviewer agrees, or opens it again
@@ -197,11 +206,7 @@ def test_who_may_mark_a_review_comment_addressed(tree, centre_a, centre_b, who, 
     users = {"annotator": tree["annotator"], "admin": tree["admin"],
              "colleague": member("colleague", "annotator", centre_a),
              "outsider": member("outsider", "centre_admin", centre_b)}
-    annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
-    workspace.annotation_submit(annotation=annotation, user=tree["annotator"])
-    workspace.annotation_request_changes(annotation=annotation, user=tree["admin"],
-                                         text="Box misses the rim", frame=12)
-    comment = annotation.comments.get()
+    annotation, comment = commented(tree)
     url = f"/api/annotations/{annotation.pk}/comments/{comment.pk}/"
     response = client_for(users[who]).post(url, {"resolved": True}, format="json")
     assert response.status_code == status
@@ -217,11 +222,7 @@ def test_who_may_mark_a_review_comment_addressed(tree, centre_a, centre_b, who, 
 
 
 def test_a_read_only_viewer_cannot_mark_comments_and_bad_bodies_are_refused(tree, centre_a):
-    annotation, _ = workspace.annotation_start(video=tree["video"], user=tree["annotator"])
-    workspace.annotation_submit(annotation=annotation, user=tree["annotator"])
-    workspace.annotation_request_changes(annotation=annotation, user=tree["admin"],
-                                         text="Mark the second focus", frame=3)
-    comment = annotation.comments.get()
+    annotation, comment = commented(tree)
     url = f"/api/annotations/{annotation.pk}/comments/{comment.pk}/"
     assert client_for(tree["annotator"]).post(url, {}, format="json").status_code == 400
     assert client_for(tree["annotator"]).post(
