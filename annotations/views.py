@@ -110,7 +110,11 @@ def membership_reviewer(request, code: str, membership_id: int):
     membership = _managed_membership(request, code, membership_id)
     if isinstance(membership, HttpResponseForbidden):
         return membership
-    reviewer = request.POST.get("reviewer") == "1"
+    choice = request.POST.get("reviewer")
+    if choice not in ("0", "1"):  # a garbled form must not silently take the role away
+        messages.error(request, "Choose whether the member reviews annotations.")
+        return redirect("centre-detail", code=code)
+    reviewer = choice == "1"
     services.reviewer_set(actor=request.user, membership=membership, reviewer=reviewer)
     messages.success(request, f"{membership.user} {'reviews' if reviewer else 'no longer reviews'}"
                               f" annotations at {code}.")
