@@ -239,7 +239,8 @@ def _train_seconds(run_dir: Path) -> float | None:
         elif e["event"] in ("done", "error") and start is not None:
             total += e["time"] - start
             start, done = None, e["event"] == "done"
-    return round(total, 1) if done else None
+    # Millisecond resolution, as recorded: a tiny run can finish in under 0.05 s.
+    return round(total, 3) if done else None
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:
