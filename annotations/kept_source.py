@@ -106,12 +106,13 @@ class MjpegMatroskaWriter:
             self.f.seek(end)
             self.cluster_at = None
 
-    def add(self, rgb: np.ndarray, jpeg: bytes, *, gray: bool) -> None:
-        """Append the frame `rgb` whose frame-store JPEG is `jpeg` (`gray`: one channel)."""
+    def add(self, bgr: np.ndarray, jpeg: bytes, *, gray: bool) -> None:
+        """Append the frame `bgr` (OpenCV's channel order, as a plain video decodes) whose
+        frame-store JPEG is `jpeg` (`gray`: one channel)."""
         if self.gray is None:
             self.gray = gray
         if gray and not self.gray:  # a gray frame in a colour file: a colour JPEG of it
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), self.quality)
+            ok, buf = cv2.imencode(".jpg", bgr, self.quality)
             jpeg = buf.tobytes()
         elif self.gray and not gray:  # the first colour frame (Doppler switched on)
             self._to_colour()

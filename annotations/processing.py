@@ -58,45 +58,46 @@ class ClipWriter:
     """Streams the training clip to `path` (.npy) with bounded memory.
 
     `ml.video.ClipBuilder` standardises every frame (the same code as the dataset builder);
-    a fresh builder every `batch` frames hands its frames to a raw file, so a 10,000-frame
-    video never holds its whole clip in memory twice. `finish` writes the .npy."""
+    `check` takes frames in order, `standardise` may run in any thread, and `append` takes
+    the results in order. Every `batch` frames go to a raw file, so a 10,000-frame video
+    never holds its whole clip in memory twice. `finish` writes the .npy."""
 
     def __init__(self, path: Path, region: Region, size: tuple[int, int], masks,
-                 batch: int = 256):
-        self.path, self.region, self.size, self.masks = path, region, size, list(masks)
-        self.batch = batch
+                 channel_order: str = "rgb", batch: int = 256):
+        self.path, self.size, self.batch = path, size, batch
+        self.builder = ClipBuilder(region, size, masks=list(masks), channel_order=channel_order)
         self.raw_path = path.with_suffix(".raw")
         self.raw = self.raw_path.open("wb")
-        self.builder: ClipBuilder | None = None
+        self.frames: list[np.ndarray] = []
         self.count = 0
-        self.crop = region
-        self.shape: tuple[int, int] | None = None
 
-    def add(self, frame: np.ndarray) -> None:
-        if self.shape is None:
-            self.shape = frame.shape[:2]
-        elif frame.shape[:2] != self.shape:  # ClipBuilder checks this within one batch only
-            raise VideoError(
-                f"the frame size changes within the video (frame {self.count + len(self)} is "
-                f"{frame.shape[1]} x {frame.shape[0]}, the first was "
-                f"{self.shape[1]} x {self.shape[0]})"
-            )
-        if self.builder is None:
-            self.builder = ClipBuilder(self.region, self.size, masks=self.masks)
-        self.builder.add(frame)
-        if len(self.builder) >= self.batch:
+    def check(self, frame: np.ndarray) -> None:
+        self.builder.check(frame)
+
+    def standardise(self, frame: np.ndarray) -> np.ndarray:
+        return self.builder.standardise(frame)
+
+    def append(self, small: np.ndarray) -> None:
+        self.frames.append(small)
+        if len(self.frames) >= self.batch:
             self._flush()
 
+    def add(self, frame: np.ndarray) -> None:
+        self.check(frame)
+        self.append(self.standardise(frame))
+
     def __len__(self) -> int:
-        return len(self.builder) if self.builder is not None else 0
+        return self.count + len(self.frames)
+
+    @property
+    def crop(self) -> Region:
+        return self.builder.crop
 
     def _flush(self) -> None:
-        if self.builder is not None and len(self.builder):
-            frames = self.builder.finish()  # (n, H, W) uint8
-            self.raw.write(frames.tobytes())
-            self.count += len(frames)
-            self.crop = self.builder.crop
-        self.builder = None
+        if self.frames:
+            self.raw.write(np.stack(self.frames).tobytes())
+            self.count += len(self.frames)
+            self.frames = []
 
     def finish(self) -> tuple[int, int, int]:
         self._flush()
@@ -180,7 +181,12 @@ def process_video(
     t0 = time.perf_counter()
     container = mlvideo.sniff_format(path)
     info, declared = _header_info(path, container, options.max_side)
-    frames = mlvideo.iter_frames(path, max_side=options.max_side)
+    # Frames stay in the decoder's channel order (OpenCV's BGR, DICOM's RGB) from decoding to
+    # JPEG: converting 720p frames to RGB and back cost as much CPU as the blanking, the clip
+    # and the stores together. They decode into a ring of reused buffers, one more than the
+    # pipeline below holds at once.
+    in_flight = 2 * ENCODERS + 2
+    frames, order, _, _ = mlvideo.open_source(path, options.max_side, ring=in_flight + 2)
 
     if region is None and container == "dicom":
         region, region_source = mlvideo.declared_region(path), "dicom"
@@ -188,12 +194,12 @@ def process_video(
     if region is None:
         region_source = "image"
         for frame in frames:
-            head.append(frame)
+            head.append(frame.copy())  # the decoder reuses its buffers
             if len(head) == mlvideo.REGION_SAMPLE:
                 break
         if not head:
             raise VideoError("the video has no frames")
-        region = mlvideo.find_ultrasound_region(head)
+        region = mlvideo.find_ultrasound_region([mlvideo.to_gray(f, order) for f in head])
     t_region = time.perf_counter()
 
     writer = ChunkWriter(out_dir, options.chunk_size)
@@ -204,53 +210,59 @@ def process_video(
     thumbnail: np.ndarray | None = None
     quality = [int(cv2.IMWRITE_JPEG_QUALITY), options.jpeg_quality]
 
-    def encode(rgb: np.ndarray) -> tuple[bytes, bool]:
+    def encode(frame: np.ndarray) -> tuple[bytes, bool]:
         """The frame's JPEG and whether it is gray."""
         # B-mode frames are gray (R = G = B up to codec rounding): one channel is a smaller
         # JPEG, faster to write and to decode in the player. Colour (Doppler, coloured
         # overlays) keeps its colour.
-        gray = _is_gray(rgb)
+        gray = _is_gray(frame)
         if gray:
-            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., 1]), quality)
+            ok, buf = cv2.imencode(".jpg", cv2.extractChannel(frame, 1), quality)
         else:
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality)
+            bgr = frame if order == "bgr" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(".jpg", bgr, quality)
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
             raise VideoError("a frame could not be encoded as JPEG")
         return buf.tobytes(), gray
 
-    def encode_all(rgb: np.ndarray) -> tuple[bytes, bool, bytes | None]:
-        jpeg, gray = encode(rgb)
+    def encode_all(frame: np.ndarray) -> tuple[bytes, bool, bytes | None, np.ndarray]:
+        jpeg, gray = encode(frame)
         # A DICOM source keeps lossless pixels: its RLE fragment is made here, in parallel.
-        fragment = source.encode(rgb) if isinstance(source, DicomRleWriter) else None
-        return jpeg, gray, fragment
+        fragment = source.encode(frame) if isinstance(source, DicomRleWriter) else None
+        return jpeg, gray, fragment, builder.standardise(frame)
 
-    def store(rgb: np.ndarray, done) -> None:
-        jpeg, gray, fragment = done.result()
+    def store(frame: np.ndarray, done) -> None:
+        jpeg, gray, fragment, small = done.result()
         writer.add(jpeg)
+        builder.append(small)
         if fragment is None:
-            source.add(rgb, jpeg, gray=gray)
+            source.add(frame, jpeg, gray=gray)
         else:
-            source.add_fragment(fragment, rgb.shape[:2])
+            source.add_fragment(fragment, frame.shape[:2])
 
     def all_frames():
         yield from head
         head.clear()
         yield from frames
 
-    # JPEG encoding (the costliest step: a 720p speckle frame takes longer to encode than to
-    # decode) runs in `ENCODERS` threads beside decoding; OpenCV releases the GIL. Results are
-    # taken in order, with a few frames in flight at most (bounded memory); the kept source
-    # of a plain video is made of the same JPEGs, so it costs no encoding of its own.
+    # Three stages overlap: this thread decodes and blanks; `ENCODERS` threads encode the
+    # JPEG (the costliest step: a 720p speckle frame takes longer to encode than to decode)
+    # and standardise the clip frame; one thread writes the chunks, the clip and the kept
+    # source in order. OpenCV and file writes release the GIL. At most `in_flight` frames
+    # are on their way (bounded memory, and the decoder's ring is never overwritten early);
+    # the kept source of a plain video is made of the same JPEGs, so it costs no encoding
+    # of its own.
     count = 0
     pending: deque = deque()
     try:
-        with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
+        with ThreadPoolExecutor(max_workers=ENCODERS) as pool, \
+                ThreadPoolExecutor(max_workers=1) as storer:
             for frame in all_frames():
                 if builder is None:
                     height, width = frame.shape[:2]
                     masks = [m for m in masks_for(width, height) if m.area]
                     builder = ClipWriter(out_dir / "clip.npy", region, options.clip_size,
-                                         masks)
+                                         masks, channel_order=order)
                     if container == "dicom":
                         source = DicomRleWriter(out_dir / "source.dcm", header_from=path)
                     else:
@@ -258,16 +270,16 @@ def process_video(
                                                      height=height, fps=info.fps,
                                                      quality=options.jpeg_quality)
                 frame = np.ascontiguousarray(frame)
+                builder.check(frame)
                 mlvideo.blank_outside(frame, region, masks, copy=False)
-                builder.add(frame)
                 if count == thumb_at:
                     thumbnail = frame.copy()
-                if len(pending) > 2 * ENCODERS:
-                    store(*pending.popleft())
-                pending.append((frame, pool.submit(encode_all, frame)))
+                while len(pending) >= in_flight:
+                    pending.popleft().result()
+                pending.append(storer.submit(store, frame, pool.submit(encode_all, frame)))
                 count += 1
             while pending:
-                store(*pending.popleft())
+                pending.popleft().result()
         writer.flush()
         if source is not None:
             source.finish()
