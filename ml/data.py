@@ -246,13 +246,17 @@ def roi_crop_box(
     margin: float,
     min_side: int = 16,
     jitter: tuple[float, float, float] | None = None,
+    fixed_side: int = 0,
 ) -> tuple[int, int, int, int]:
     """Square crop `(x0, y0, x1, y1)` (integer, end exclusive) around the union nodule box.
 
     The box grows by `margin` x its larger side on every side and is shifted to stay inside the
-    image; a crop larger than the image is cut to it. `jitter` = (scale, dx, dy) rescales the
-    side and shifts the centre by fractions of the side (training augmentation). Without boxes
-    the crop is the whole image.
+    image; a crop larger than the image is cut to it. `fixed_side` > 0 instead takes a square of
+    that many pixels centred on the nodule, whatever its size: every crop is then resized by
+    the same factor, so a focus of a given size in pixels keeps its size at the model's input
+    (a large nodule's edge may fall outside). `jitter` = (scale, dx, dy) rescales the side and
+    shifts the centre by fractions of the side (training augmentation). Without boxes the crop
+    is the whole image.
     """
     h, w = image_hw
     u = union_box(boxes)
@@ -261,7 +265,8 @@ def roi_crop_box(
     else:
         x0, y0, x1, y1 = u
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin)
+        side = (float(fixed_side) if fixed_side > 0
+                else max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin))
     if jitter is not None:
         scale, dx, dy = jitter
         cx, cy, side = cx + dx * side, cy + dy * side, side * scale
@@ -336,6 +341,7 @@ class ClipSpec:
     spatial_dims: int = 3  # 3: clip (1, T, H, W); 2: key frame (1, H, W)
     roi: bool = True  # crop to the union nodule box and its frames (when the case has boxes)
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
+    roi_side: int = 0  # > 0: a fixed crop of this many stored-clip pixels around the nodule
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
     clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
     # from; `ml.inference` resamples clips stored at another size to it first
@@ -481,7 +487,8 @@ def prepare_clip(
     jitter = None
     if train:
         jitter = (rng.uniform(*aug.crop_scale), *rng.uniform(-aug.crop_shift, aug.crop_shift, 2))
-    x0, y0, x1, y1 = roi_crop_box(roi_boxes, (h0, w0), spec.roi_margin, jitter=jitter)
+    x0, y0, x1, y1 = roi_crop_box(roi_boxes, (h0, w0), spec.roi_margin, jitter=jitter,
+                                  fixed_side=spec.roi_side)
     order = np.argsort(idx, kind="stable")  # memory maps read fastest in order
     full = np.empty((len(idx), h0, w0), np.uint8)
     full[order] = clip[idx[order]]

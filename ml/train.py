@@ -46,6 +46,10 @@ from ml.data import (
 
 log = logging.getLogger(__name__)
 
+# What the attention maps are supervised with (TrainConfig.attention_target): the mask type
+# codes of ml.data (1 punctate, 2 macro, 3 rim).
+ATTENTION_TARGETS: dict[str, tuple[int, ...]] = {"calcifications": (1, 2, 3), "punctate": (1,)}
+
 Progress = Callable[[dict], None]
 
 
@@ -57,6 +61,7 @@ class TrainConfig:
     size: int = 64  # model input side in pixels (square)
     roi: bool = True  # crop to the annotated nodule (union box over the sweep) when present
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
+    roi_side: int = 0  # > 0: crop a fixed side of stored-clip pixels around the nodule instead
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     augment: bool = True  # ml.data.AugmentSpec defaults during training
     augment_options: dict = field(default_factory=dict)  # AugmentSpec fields to override,
@@ -73,6 +78,8 @@ class TrainConfig:
     # validation, best weights and the threshold then use the average
     attention_loss_weight: float = 0.5  # weak supervision of attention by calcification masks;
     # used only when the batch has masks and the model has attention maps
+    attention_target: str = "calcifications"  # which marks the maps learn: "calcifications"
+    # (punctate, macro and rim) or "punctate" (the malignancy sign only)
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
     select_after: float = 0.0  # fraction of the epochs before which no epoch can be the best:
     # on a small val set an early, underfit epoch can win on a lucky AUROC
@@ -98,6 +105,7 @@ class TrainConfig:
             spatial_dims=spatial_dims,
             roi=self.roi,
             roi_margin=self.roi_margin,
+            roi_side=self.roi_side,
             normalise=self.normalise,
         )
 
@@ -128,7 +136,14 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(preset=preset, **values)
+    cfg = TrainConfig(preset=preset, **values)
+    if cfg.attention_target not in ATTENTION_TARGETS:
+        raise ValueError(f"attention_target is one of {', '.join(ATTENTION_TARGETS)}; "
+                         f"got {cfg.attention_target!r}")
+    if cfg.roi_side < 0:
+        raise ValueError(f"roi_side is 0 (a crop relative to the nodule) or a side in pixels; "
+                         f"got {cfg.roi_side}")
+    return cfg
 
 
 def config_from_dict(d: dict) -> TrainConfig:
@@ -169,10 +184,12 @@ def augment_spec(cfg: TrainConfig) -> AugmentSpec:
                           for k, v in cfg.augment_options.items()})
 
 
-def attention_loss(model: nn.Module, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+def attention_loss(model: nn.Module, mask: torch.Tensor, has_mask: torch.Tensor,
+                   target: str = "calcifications") -> torch.Tensor:
     from ml.models import attention_supervision_loss
 
-    return attention_supervision_loss(model.attention_maps, mask, has_mask)
+    return attention_supervision_loss(model.attention_maps, mask, has_mask,
+                                      codes=ATTENTION_TARGETS[target])
 
 
 def check_splits(records, min_per_class: int) -> dict:
@@ -398,7 +415,8 @@ def train_one_epoch(
                     logits[:, 0].float(), batch["label"].float())
                 att = None
                 if use_att and bool(batch["has_mask"].any()) and raw_model.attention_maps:
-                    att = attention_loss(raw_model, batch["mask"], batch["has_mask"])
+                    att = attention_loss(raw_model, batch["mask"], batch["has_mask"],
+                                         cfg.attention_target)
                     loss = loss + cfg.attention_loss_weight * att
             scaler.scale(loss / cfg.grad_accum).backward()
         total += float(loss.detach()) * len(batch["label"])

@@ -28,6 +28,7 @@ from .layers import conv, inflate
 # Calcification type codes (docs/ml-interfaces.md): 1 punctate/micro, 2 macro, 3 rim are
 # calcifications; 0 none and 4 large comet-tail artefact are not.
 CALCIFICATION_CODES = (1, 2, 3)
+PUNCTATE_CODES = (1,)  # the malignancy sign: microcalcifications / punctate echogenic foci
 
 
 class CalcificationAttention(nn.Module):
@@ -72,11 +73,12 @@ class CalcificationAttention(nn.Module):
         return x * (1 + a)
 
 
-def calcification_target(calc_mask: torch.Tensor | object, spatial_dims: int) -> torch.Tensor:
+def calcification_target(calc_mask: torch.Tensor | object, spatial_dims: int,
+                         codes: Sequence[int] = CALCIFICATION_CODES) -> torch.Tensor:
     """Type-code mask (B, T, H, W) or (B, H, W) [or with a channel axis] -> float (B, 1, ...).
 
-    Integer masks hold type codes (1-3 are calcifications, 0 and 4 are not); a bool mask is taken
-    as already binary.
+    Integer masks hold type codes; the target is 1 where the code is one of `codes` (by default
+    the calcifications 1-3; 0 and 4 are not). A bool mask is taken as already binary.
     """
     m = torch.as_tensor(calc_mask)
     if m.ndim == spatial_dims + 1:
@@ -87,7 +89,7 @@ def calcification_target(calc_mask: torch.Tensor | object, spatial_dims: int) ->
         return m.float()
     if m.is_floating_point():
         m = m.round().long()
-    return ((m >= 1) & (m <= 3)).float()
+    return torch.isin(m, torch.as_tensor(tuple(codes), dtype=m.dtype)).float()
 
 
 def attention_supervision_loss(
@@ -96,6 +98,7 @@ def attention_supervision_loss(
     has_mask: torch.Tensor | Sequence[bool],
     *,
     dice_weight: float = 1.0,
+    codes: Sequence[int] = CALCIFICATION_CODES,
 ) -> torch.Tensor:
     """Weak supervision of the attention maps with annotated calcification marks.
 
@@ -120,7 +123,7 @@ def attention_supervision_loss(
     if not bool(has.any()):
         # keeps the graph (and DDP's "every parameter gets a gradient") intact
         return sum(a.sum() for a in attention_maps) * 0.0
-    target = calcification_target(calc_mask, spatial_dims).to(first.device)[has]  # (M, 1, ...)
+    target = calcification_target(calc_mask, spatial_dims, codes).to(first.device)[has]  # (M, 1, ...)
     pool = F.adaptive_max_pool3d if spatial_dims == 3 else F.adaptive_max_pool2d
     total = first.new_zeros((), dtype=torch.float32)
     for a in attention_maps:

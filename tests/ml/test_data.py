@@ -215,6 +215,16 @@ def test_roi_crop_box_is_square_inside_and_adds_margin():
     assert roi_crop_box(None, (30, 40), 0.25) == (0, 0, 40, 30)
 
 
+@pytest.mark.parametrize("box, expected", [
+    ((40, 40, 60, 60), (18, 18, 82, 82)),  # small nodule: 64 px around its centre
+    ((20, 30, 110, 90), (33, 28, 97, 92)),  # large nodule: the same 64 px, its edges cut
+    ((0, 0, 10, 10), (0, 0, 64, 64)),  # at the corner: shifted inside, never cut
+])
+def test_roi_crop_box_with_a_fixed_side_ignores_the_nodule_size(box, expected):
+    assert roi_crop_box(np.array([box], np.float32), (128, 128), 0.25,
+                        fixed_side=64) == expected
+
+
 def test_resize_mask_keeps_one_pixel_foci_and_prefers_punctate():
     m = np.zeros((1, 128, 128), np.uint8)
     m[0, 37, 91] = 1  # a single-pixel punctate focus

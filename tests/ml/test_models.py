@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.models import (
+    calcification_target,
     MODEL_NAMES,
     attention_supervision_loss,
     create_model,
@@ -164,6 +165,27 @@ def test_attention_loss_is_lowest_for_maps_that_match_the_marks():
     has = torch.tensor([True, True])
     losses = [attention_supervision_loss(maps, mask, has) for maps in (matching, flat, inverted)]
     assert losses[0] < 0.05 < losses[1] < losses[2]
+
+
+@pytest.mark.parametrize("codes, marked", [
+    ((1, 2, 3), {1, 2, 3}),  # every calcification (the default)
+    ((1,), {1}),  # punctate foci only: the macrocalcification and the rim are background
+])
+def test_calcification_target_marks_exactly_the_chosen_types(codes, marked):
+    mask = torch.tensor([[0, 1, 2, 3, 4]], dtype=torch.uint8)
+    target = calcification_target(mask, 1, codes)[0, 0]
+    assert target.tolist() == [1.0 if c in marked else 0.0 for c in range(5)]
+
+
+def test_punctate_supervision_prefers_maps_without_the_macrocalcification():
+    mask = _mask_with_focus()
+    shape = (4, 8, 8)
+    punctate = F.adaptive_max_pool3d((mask == 1).float()[:, None], shape)
+    every = F.adaptive_max_pool3d(((mask >= 1) & (mask <= 3)).float()[:, None], shape)
+    has = torch.tensor([True, True])
+    for codes, best, worse in (((1,), punctate, every), ((1, 2, 3), every, punctate)):
+        assert (attention_supervision_loss([best], mask, has, codes=codes)
+                < attention_supervision_loss([worse], mask, has, codes=codes))
 
 
 def test_attention_loss_ignores_clips_without_marks():

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import ml.train as train_mod
-from ml.data import ClipDataset, DataError, read_manifest, write_manifest
+from ml.data import ClipDataset, ClipSpec, DataError, read_manifest, write_manifest
 from ml.train import TrainConfig, lr_lambda, make_config, train
 from tests.ml.test_data import make_tiny_dataset
 
@@ -86,6 +86,12 @@ def test_make_config_presets_and_overrides():
         make_config("huge")
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         make_config("small", learning_rate=1)
+    with pytest.raises(ValueError, match="attention_target is one of calcifications, punctate"):
+        make_config("small", attention_target="rim")
+    with pytest.raises(ValueError, match="roi_side"):
+        make_config("small", roi_side=-5)
+    spec = make_config("small", roi_side=120).clip_spec(3)
+    assert spec.roi_side == 120 and ClipSpec.from_dict(vars(spec)) == spec
 
 
 def test_overfits_a_tiny_batch(tiny):
