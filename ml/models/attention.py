@@ -123,7 +123,8 @@ def attention_supervision_loss(
     if not bool(has.any()):
         # keeps the graph (and DDP's "every parameter gets a gradient") intact
         return sum(a.sum() for a in attention_maps) * 0.0
-    target = calcification_target(calc_mask, spatial_dims, codes).to(first.device)[has]  # (M, 1, ...)
+    target = calcification_target(calc_mask, spatial_dims, codes).to(first.device)[has]
+    # target: (M, 1, ...)
     pool = F.adaptive_max_pool3d if spatial_dims == 3 else F.adaptive_max_pool2d
     total = first.new_zeros((), dtype=torch.float32)
     for a in attention_maps:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ml.models import (
-    calcification_target,
     MODEL_NAMES,
     attention_supervision_loss,
+    calcification_target,
     create_model,
     gradcam_layer,
     parameter_count,
