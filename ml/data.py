@@ -373,6 +373,13 @@ class AugmentSpec:
     contrast: tuple[float, float] = (0.95, 1.05)  # contrast about the clip mean
     brightness: float = 0.02  # additive brightness, +-
     speckle: float = 0.03  # max sigma of multiplicative Gaussian noise (speckle-like)
+    # Another scanner (off by default): `resolution` blurs (s > 0) or sharpens (s < 0, an
+    # unsharp mask) every frame with a Gaussian of sigma |s| input pixels, s uniform in
+    # +-resolution: another probe's point-spread function, finer or coarser speckle.
+    # `depth_gain` adds a linear ramp from top to bottom of up to +-depth_gain (normalised
+    # units): another balance of attenuation and time-gain compensation.
+    resolution: float = 0.0
+    depth_gain: float = 0.0
 
 
 def sample_frame_indices(
@@ -512,6 +519,12 @@ def prepare_clip(
             matrix = cv2.getRotationMatrix2D(((ww - 1) / 2, (hh - 1) / 2), angle, 1.0)
             x = _warp(np.ascontiguousarray(x), matrix, cv2.INTER_LINEAR)
             m = None if m is None else _warp_mask(np.ascontiguousarray(m), matrix)
+        if aug.resolution:
+            s = rng.uniform(-aug.resolution, aug.resolution)
+            if abs(s) >= 0.1:
+                blurred = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), abs(s))
+                                    for f in x])
+                x = blurred if s > 0 else 2 * x - blurred
         x = np.clip(x, 0, 1) ** np.exp(rng.uniform(*np.log(aug.gamma)))
         mean = x.mean()
         x = (x - mean) * rng.uniform(*aug.contrast) + mean
@@ -519,6 +532,9 @@ def prepare_clip(
         sigma = rng.uniform(0, aug.speckle)
         if sigma > 0:
             x = x * (1 + sigma * rng.standard_normal(x.shape, dtype=np.float32))
+        if aug.depth_gain:
+            ramp = np.linspace(-0.5, 0.5, x.shape[1], dtype=np.float32)[None, :, None]
+            x = x + rng.uniform(-aug.depth_gain, aug.depth_gain) * ramp
     x = np.clip(x, 0, 1).astype(np.float32)
     if m is None:
         m = np.zeros(x.shape, np.uint8)

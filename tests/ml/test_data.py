@@ -284,6 +284,35 @@ def test_mask_follows_clip_through_training_augmentation(seed):
         assert (m[k] > 0).sum() <= 16  # a 3 x 3 block at scale ~2/3, not smeared
 
 
+def _scanner_augmented(seed: int, **options) -> np.ndarray:
+    """A speckle clip through training augmentation with every other step neutral."""
+    speckle = np.random.default_rng(99).integers(60, 200, (8, 48, 48), dtype=np.uint8)
+    aug = AugmentSpec(time_reverse=0, hflip=0, crop_scale=(1, 1), crop_shift=0, rotate_deg=0,
+                      gamma=(1, 1), contrast=(1, 1), brightness=0, speckle=0, **options)
+    return prepare_clip(speckle, ClipSpec(frames=8, size=(48, 48), roi=False, normalise=False),
+                        train=True, augment=aug, rng=np.random.default_rng(seed))["clip"][0]
+
+
+def _roughness(x: np.ndarray) -> float:
+    return float(np.abs(np.diff(x, axis=-1)).mean())
+
+
+def test_resolution_augmentation_blurs_or_sharpens_the_speckle():
+    plain = _roughness(_scanner_augmented(0))
+    rough = [_roughness(_scanner_augmented(seed, resolution=1.5)) for seed in range(12)]
+    assert min(rough) < 0.8 * plain and max(rough) > 1.2 * plain  # both directions occur
+
+
+def test_depth_gain_augmentation_adds_a_ramp_from_top_to_bottom():
+    slopes = []
+    for seed in range(12):
+        x = _scanner_augmented(seed, depth_gain=0.3)
+        diff = (x - _scanner_augmented(seed)).mean(axis=(0, 2))  # per row
+        assert np.allclose(np.diff(diff[4:-4]), np.diff(diff[4:-4]).mean(), atol=1e-3)
+        slopes.append(diff[-1] - diff[0])
+    assert min(slopes) < -0.1 and max(slopes) > 0.1 and max(map(abs, slopes)) <= 0.3 + 1e-6
+
+
 def test_prepare_clip_eval_is_deterministic_and_uses_the_roi():
     clip, mask, boxes = _marker_clip()
     spec = ClipSpec(frames=5, size=(20, 20), roi_margin=0.0)
