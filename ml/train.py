@@ -78,6 +78,8 @@ class TrainConfig:
     # validation, best weights and the threshold then use the average
     attention_loss_weight: float = 0.5  # weak supervision of attention by calcification masks;
     # used only when the batch has masks and the model has attention maps
+    focus_loss_weight: float = 1.0  # supervision of a focus head (IRv2 `focus_head`) by the
+    # punctate marks; used only when the model has one and the batch has masks
     attention_target: str = "calcifications"  # which marks the maps learn: "calcifications"
     # (punctate, macro and rim) or "punctate" (the malignancy sign only)
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
@@ -418,6 +420,13 @@ def train_one_epoch(
                     att = attention_loss(raw_model, batch["mask"], batch["has_mask"],
                                          cfg.attention_target)
                     loss = loss + cfg.attention_loss_weight * att
+                focus = getattr(raw_model, "focus_logits", None)
+                if (focus is not None and cfg.focus_loss_weight > 0
+                        and bool(batch["has_mask"].any())):
+                    from ml.models import focus_loss
+
+                    loss = loss + cfg.focus_loss_weight * focus_loss(
+                        focus, batch["mask"], batch["has_mask"])
             scaler.scale(loss / cfg.grad_accum).backward()
         total += float(loss.detach()) * len(batch["label"])
         count += len(batch["label"])

@@ -25,7 +25,12 @@ from collections.abc import Callable
 from torch import nn
 
 from . import inception_resnet, monai_nets, r2plus1d, x3d
-from .attention import CalcificationAttention, attention_supervision_loss, calcification_target
+from .attention import (
+    CalcificationAttention,
+    attention_supervision_loss,
+    calcification_target,
+    focus_loss,
+)
 
 __all__ = [
     "BUILDERS",
@@ -34,6 +39,7 @@ __all__ = [
     "CalcificationAttention",
     "attention_supervision_loss",
     "calcification_target",
+    "focus_loss",
     "create_model",
     "gradcam_layer",
     "parameter_count",

@@ -135,3 +135,32 @@ def attention_supervision_loss(
         dice = 1 - (2 * inter + 1) / (a.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)  # (M,)
         total = total + (bce + dice_weight * dice).sum() / batch
     return total / len(attention_maps)
+
+
+def focus_loss(
+    focus_logits: torch.Tensor,
+    calc_mask: torch.Tensor,
+    has_mask: torch.Tensor | Sequence[bool],
+    *,
+    pos_weight: float = 10.0,
+) -> torch.Tensor:
+    """Supervision of a punctate-focus map (logits (B, 1, T', H', W')) with the punctate marks.
+
+    The mask is max-pooled to the map's grid, so a 1-pixel focus marks its cell; BCE with
+    `pos_weight` on the rare focus cells (a sweep has a few among hundreds). A marked clip with
+    no punctate focus (a benign nodule with a macrocalcification, say) teaches the map to stay
+    low. Clips without marks add nothing; the sum is divided by B, as in
+    `attention_supervision_loss`.
+    """
+    spatial_dims = focus_logits.ndim - 2
+    has = torch.as_tensor(has_mask, dtype=torch.bool, device=focus_logits.device).reshape(-1)
+    if not bool(has.any()):
+        return focus_logits.sum() * 0.0
+    target = calcification_target(calc_mask, spatial_dims, PUNCTATE_CODES)
+    target = target.to(focus_logits.device)[has]
+    pool = F.adaptive_max_pool3d if spatial_dims == 3 else F.adaptive_max_pool2d
+    logits = focus_logits[has].float()
+    t = pool(target, logits.shape[2:])
+    weight = torch.tensor(pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight, reduction="none")
+    return bce.flatten(1).mean(1).sum() / focus_logits.shape[0]

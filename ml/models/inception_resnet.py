@@ -21,6 +21,7 @@ so a focus visible in 2-3 frames still owns a cell. Padding is "same" (k // 2) e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,12 @@ class IRv2Config:
     # "avg": the release's global average pool. "avgmax": average and max pools side by side,
     # so a focus that lights up a few cells of a few frames is not averaged away over the clip.
     pooling: str = "avg"
+    # A punctate-focus detector on stage A's finer grid (1/8 of the input): a map of logits
+    # supervised with the punctate marks only (`ml.models.focus_loss`), whose strongest
+    # responses join the pooled features before the classifier. Punctate foci are the
+    # malignancy sign that carries from one scanner to another; macro and rim
+    # calcifications are not (docs/ml-results.md).
+    focus_head: bool = False
 
 
 PRESETS = {
@@ -56,6 +63,17 @@ PRESETS = {
     # (docs/ml-results.md).
     "small": IRv2Config(width=0.25, blocks=(1, 2, 1), pooling="avgmax"),
 }
+
+
+FOCUS_EVIDENCE = 2  # features the focus map adds: its peak and its soft maximum
+
+
+def focus_evidence(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) focus logits -> (B, 2): the strongest cell and a soft maximum over all
+    cells (log-mean-exp), which grows with the number of cells that respond."""
+    flat = logits.flatten(1).float()
+    soft = torch.logsumexp(flat, dim=1) - math.log(flat.shape[1])
+    return torch.stack([flat.amax(dim=1), soft], dim=1).to(logits.dtype)
 
 
 class _Builder:
@@ -259,6 +277,14 @@ class InceptionResNetV2(nn.Module):
         self.stem = Stem(b, in_channels)
         c = self.stem.out_channels
         self.stage_a = self._stage(b, "A", [BlockA(b, c, s_a) for _ in range(n_a)], c)
+        self.focus_head: nn.Module | None = None
+        if cfg.focus_head:
+            hidden = max(8, c // 4)
+            self.focus_head = nn.Sequential(
+                b.cna(c, hidden, inflate(spatial_dims, 3, 3)),
+                conv(spatial_dims, hidden, 1, 1, bias=True),
+            )
+        self.focus_logits: torch.Tensor | None = None
         self.reduction_a = ReductionA(b, c)
         c = self.reduction_a.out_channels
         self.stage_b = self._stage(b, "B", [BlockB(b, c, s_b) for _ in range(n_b)], c)
@@ -271,7 +297,8 @@ class InceptionResNetV2(nn.Module):
         self.num_features = b.ch(1536) * (2 if cfg.pooling == "avgmax" else 1)
         self.pool = global_avg_pool(spatial_dims)
         self.dropout = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = nn.Linear(self.num_features + (FOCUS_EVIDENCE if cfg.focus_head else 0),
+                            num_classes)
 
     def _stage(self, b: _Builder, name: str, blocks: list[nn.Module], c: int) -> nn.Sequential:
         if name in self.cfg.attention:
@@ -297,6 +324,8 @@ class InceptionResNetV2(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, 320, T/2, H/8, W/8)
         x = self.stage_a(x)  # (B, 320, T/2, H/8, W/8)
+        if self.focus_head is not None:
+            self.focus_logits = self.focus_head(x)  # (B, 1, T/2, H/8, W/8)
         x = self.reduction_a(x)  # (B, 1088, T/4, H/16, W/16)
         x = self.stage_b(x)  # (B, 1088, T/4, H/16, W/16)
         x = self.reduction_b(x)  # (B, 2080, T/4, H/32, W/32)
@@ -308,4 +337,7 @@ class InceptionResNetV2(nn.Module):
         pooled = self.pool(x).flatten(1)  # (B, 1536)
         if self.cfg.pooling == "avgmax":
             pooled = torch.cat([pooled, x.flatten(2).amax(2)], dim=1)  # (B, 3072)
-        return self.fc(self.dropout(pooled))  # (B, K)
+        pooled = self.dropout(pooled)
+        if self.focus_head is not None:
+            pooled = torch.cat([pooled, focus_evidence(self.focus_logits)], dim=1)
+        return self.fc(pooled)  # (B, K)

@@ -14,6 +14,7 @@ from ml.models import (
     attention_supervision_loss,
     calcification_target,
     create_model,
+    focus_loss,
     gradcam_layer,
     parameter_count,
 )
@@ -217,6 +218,59 @@ def test_training_on_the_attention_loss_moves_the_maps_to_the_marks():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_focus_head_maps_stage_a_and_feeds_the_classifier():
+    model = create_model("irv2_cam", focus_head=True)
+    x = torch.rand(2, 1, 16, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 1)
+    assert model.focus_logits.shape == (2, 1, 8, 8, 8)  # T/2 and 1/8 of the input
+    assert model.fc.in_features == model.num_features + 2
+    # the classifier reads the focus map: raising its strongest cell changes the output
+    model.eval()
+    with torch.no_grad():
+        base = model(x)
+        bias = model.focus_head[-1].bias
+        bias += 5.0
+        assert not torch.allclose(model(x), base)
+    assert create_model("irv2_cam").focus_logits is None
+
+
+def test_focus_loss_learns_punctate_marks_only():
+    mask = _mask_with_focus()  # a punctate focus, a macrocalcification, a comet tail
+    shape = (4, 8, 8)
+    punctate = F.adaptive_max_pool3d((mask == 1).float()[:, None], shape)
+    macro = F.adaptive_max_pool3d((mask == 2).float()[:, None], shape)
+    has = torch.tensor([True, True])
+
+    def loss_of(target):
+        return focus_loss((target * 2 - 1) * 6, mask, has).item()  # confident logits
+
+    assert loss_of(punctate) < 0.05 < loss_of(macro)
+    none = focus_loss(torch.zeros(2, 1, *shape, requires_grad=True), mask, [False, False])
+    assert none.item() == 0 and none.requires_grad
+
+
+def test_training_on_the_focus_loss_raises_the_map_at_the_focus():
+    torch.manual_seed(0)
+    model = create_model("irv2_cam", focus_head=True)
+    x = torch.rand(2, 1, 16, 64, 64)
+    mask = _mask_with_focus()
+    has = torch.tensor([True, True])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        model(x)
+        loss = focus_loss(model.focus_logits, mask, has)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    model(x)
+    focus_cell = model.focus_logits[0, 0, 2, 1, 1]  # frame 5 -> 2, pixel (10, 12) -> (1, 1)
+    assert focus_cell > model.focus_logits[0, 0, 3, 5, 5]  # the macrocalcification's cell
 
 
 @pytest.mark.parametrize(
