@@ -54,6 +54,8 @@ class IRv2Config:
     # malignancy sign that carries from one scanner to another; macro and rim
     # calcifications are not (docs/ml-results.md).
     focus_head: bool = False
+    focus_level: str = "A"  # where the focus head reads: "A" (1/8, after stage A) or "stem"
+    # (1/4 of the input and every frame, after the stem's conv4a: finer for 1-2 px foci)
 
 
 PRESETS = {
@@ -65,6 +67,7 @@ PRESETS = {
 }
 
 
+STEM_CONV4A = 5  # index of conv4a in `Stem`: the last layer at 1/4 of the input
 FOCUS_EVIDENCE = 2  # features the focus map adds: its peak and its soft maximum
 
 
@@ -277,11 +280,14 @@ class InceptionResNetV2(nn.Module):
         self.stem = Stem(b, in_channels)
         c = self.stem.out_channels
         self.stage_a = self._stage(b, "A", [BlockA(b, c, s_a) for _ in range(n_a)], c)
+        if cfg.focus_level not in ("A", "stem"):
+            raise ValueError(f"focus_level is 'A' or 'stem'; got {cfg.focus_level!r}")
         self.focus_head: nn.Module | None = None
         if cfg.focus_head:
-            hidden = max(8, c // 4)
+            source = c if cfg.focus_level == "A" else b.ch(192)  # stage A or conv4a channels
+            hidden = max(8, source // 4)
             self.focus_head = nn.Sequential(
-                b.cna(c, hidden, inflate(spatial_dims, 3, 3)),
+                b.cna(source, hidden, inflate(spatial_dims, 3, 3)),
                 conv(spatial_dims, hidden, 1, 1, bias=True),
             )
         self.focus_logits: torch.Tensor | None = None
@@ -322,9 +328,15 @@ class InceptionResNetV2(nn.Module):
         ]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, 320, T/2, H/8, W/8)
+        if self.focus_head is not None and self.cfg.focus_level == "stem":
+            for i, layer in enumerate(self.stem):
+                x = layer(x)
+                if i == STEM_CONV4A:
+                    self.focus_logits = self.focus_head(x)  # (B, 1, T, H/4, W/4)
+        else:
+            x = self.stem(x)  # (B, 320, T/2, H/8, W/8)
         x = self.stage_a(x)  # (B, 320, T/2, H/8, W/8)
-        if self.focus_head is not None:
+        if self.focus_head is not None and self.cfg.focus_level == "A":
             self.focus_logits = self.focus_head(x)  # (B, 1, T/2, H/8, W/8)
         x = self.reduction_a(x)  # (B, 1088, T/4, H/16, W/16)
         x = self.stage_b(x)  # (B, 1088, T/4, H/16, W/16)

@@ -220,12 +220,16 @@ def test_training_on_the_attention_loss_moves_the_maps_to_the_marks():
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_focus_head_maps_stage_a_and_feeds_the_classifier():
-    model = create_model("irv2_cam", focus_head=True)
+@pytest.mark.parametrize("level, grid", [
+    ("A", (8, 8, 8)),  # after stage A: T/2 and 1/8 of the input
+    ("stem", (16, 16, 16)),  # after the stem's conv4a: every frame, 1/4 of the input
+])
+def test_focus_head_maps_its_level_and_feeds_the_classifier(level, grid):
+    model = create_model("irv2_cam", focus_head=True, focus_level=level)
     x = torch.rand(2, 1, 16, 64, 64)
     logits = model(x)
     assert logits.shape == (2, 1)
-    assert model.focus_logits.shape == (2, 1, 8, 8, 8)  # T/2 and 1/8 of the input
+    assert model.focus_logits.shape == (2, 1, *grid)
     assert model.fc.in_features == model.num_features + 2
     # the classifier reads the focus map: raising its strongest cell changes the output
     model.eval()
@@ -235,6 +239,8 @@ def test_focus_head_maps_stage_a_and_feeds_the_classifier():
         bias += 5.0
         assert not torch.allclose(model(x), base)
     assert create_model("irv2_cam").focus_logits is None
+    with pytest.raises(ValueError, match="focus_level"):
+        create_model("irv2_cam", focus_head=True, focus_level="B")
 
 
 def test_focus_loss_learns_punctate_marks_only():
