@@ -343,6 +343,8 @@ class ClipSpec:
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
     roi_side: int = 0  # > 0: a fixed crop of this many stored-clip pixels around the nodule
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
+    flip_average: bool = False  # evaluation and inference average the logits of the clip and
+    # its mirror image (`ml.inference.logits_of`): laterality is arbitrary in a sweep
     clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
     # from; `ml.inference` resamples clips stored at another size to it first
 

@@ -123,9 +123,11 @@ def summarise_localisation(rows: list[dict]) -> dict:
 
 @torch.no_grad()
 def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
+    from ml.inference import logits_of
+
     probs = []
     for batch in DataLoader(ds, batch_size=batch_size):
-        logits = model(batch["clip"].to(device))
+        logits = logits_of(model, batch["clip"].to(device), ds.spec)
         probs += torch.sigmoid(logits[:, 0].float()).cpu().tolist()
     return np.asarray(probs)
 

@@ -108,6 +108,16 @@ def match_clip_size(
 
 
 @torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
+    """(B, K) logits for a prepared batch; with `spec.flip_average` the mean of the logits of
+    the batch and of its left-right mirror (the probe's orientation carries no diagnosis, and
+    averaging the two views steadies the score: docs/ml-results.md)."""
+    logits = model(x)
+    if spec.flip_average:
+        logits = (logits + model(torch.flip(x, dims=[-1]))) / 2
+    return logits
+
+
 def predict(
     model: nn.Module, clip: np.ndarray, spec: ClipSpec, boxes: np.ndarray | None = None
 ) -> float:
@@ -119,7 +129,9 @@ def predict(
     clip, boxes = match_clip_size(clip, spec, boxes)
     model.eval()
     x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
-    return float(torch.sigmoid(model(x.to(_device(model)))[0, 0].float()))
+    with torch.no_grad():
+        logits = logits_of(model, x.to(_device(model)), spec)
+    return float(torch.sigmoid(logits[0, 0].float()))
 
 
 @dataclass
@@ -196,6 +208,9 @@ def predict_with_heatmaps(
     prep = prepare_clip(clip, spec, boxes=boxes)
     x = torch.from_numpy(prep["clip"])[None].to(_device(model))
     logits, heat, att = input_heatmaps(model, x, layer)
+    if spec.flip_average:  # the heatmaps stay those of the clip as shown
+        with torch.no_grad():
+            logits = (logits.detach() + model(torch.flip(x, dims=[-1]))) / 2
     heat_in = heat[0].astype(np.float32)
     att_in = [a[0].astype(np.float32) for a in att]
     # The crop box in the caller's clip pixels (it was found on the resampled clip).

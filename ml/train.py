@@ -63,6 +63,8 @@ class TrainConfig:
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
     roi_side: int = 0  # > 0: crop a fixed side of stored-clip pixels around the nodule instead
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
+    flip_average: bool = False  # validation, evaluation and inference average the logits of
+    # the clip and its left-right mirror (ml.inference.logits_of)
     augment: bool = True  # ml.data.AugmentSpec defaults during training
     augment_options: dict = field(default_factory=dict)  # AugmentSpec fields to override,
     # e.g. {"crop_scale": [0.75, 1.5]} (JSON on the command line)
@@ -109,6 +111,7 @@ class TrainConfig:
             roi_margin=self.roi_margin,
             roi_side=self.roi_side,
             normalise=self.normalise,
+            flip_average=self.flip_average,
         )
 
 
@@ -471,6 +474,8 @@ def evaluate(
         b = _to_device(batch, device, channels_last)
         with _autocast(cfg, device):
             out = model(b["clip"])
+            if cfg.flip_average:  # as ml.inference.logits_of: the threshold is frozen on this
+                out = (out + model(torch.flip(b["clip"], dims=[-1]))) / 2
         logits += out[:, 0].float().cpu().tolist()
         labels += batch["label"].tolist()
         case_ids += list(batch["case_id"])

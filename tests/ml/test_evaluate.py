@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import ml.train as train_mod
 from ml import stats
@@ -19,7 +21,14 @@ from ml.evaluate import (
     read_predictions,
     summarise_localisation,
 )
-from ml.inference import load_model, predict, predict_with_heatmaps, spec_of, to_clip_grid
+from ml.inference import (
+    load_model,
+    logits_of,
+    predict,
+    predict_with_heatmaps,
+    spec_of,
+    to_clip_grid,
+)
 from tests.ml.test_data import make_tiny_dataset
 from tests.ml.test_train import tiny_config, tiny_model
 
@@ -189,3 +198,31 @@ def test_compare_runs_with_paired_delong(runs):
     ma = json.loads((Path(a) / "metrics.json").read_text())
     assert t["auc_a"] == pytest.approx(ma["external_test"]["auroc"], abs=1e-5)
     assert "| a |" in result["table"] and "Paired DeLong" in result["table"]
+
+
+def test_flip_averaged_runs_score_a_clip_and_its_mirror_alike(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "build_model", tiny_model)
+    data = make_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    train_mod.train(tiny_config(epochs=1, flip_average=True), data, run)
+    m = evaluate_run(run, localisation=False)
+    model, config = load_model(run)
+    spec = spec_of(config)
+    assert spec.flip_average
+    # the threshold frozen during training is that of the flip-averaged validation scores
+    assert m["threshold"] == pytest.approx(config["threshold"])
+    ds = ClipDataset(data, "external_test", spec)
+    preds = {p["case_id"]: p["probability"] for p in read_predictions(run / "predictions.csv")}
+    for i, r in enumerate(ds.records):
+        clip, _, boxes = ds.load(i)
+        p = predict(model, clip, spec, boxes=boxes)
+        assert p == pytest.approx(preds[r.case_id], abs=1e-5)
+        h = predict_with_heatmaps(model, clip, spec, boxes=boxes)
+        assert h.probability == pytest.approx(p, abs=1e-5)
+    # a prepared clip and its mirror score the same; one view alone does not
+    x = torch.rand(2, 1, 6, 16, 16)
+    with torch.no_grad():
+        both = logits_of(model, x, spec), logits_of(model, torch.flip(x, dims=[-1]), spec)
+        single = dataclasses.replace(spec, flip_average=False)
+        one = logits_of(model, x, single), logits_of(model, torch.flip(x, dims=[-1]), single)
+    assert torch.allclose(*both, atol=1e-6) and not torch.allclose(*one, atol=1e-4)
