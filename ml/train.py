@@ -100,6 +100,8 @@ class TrainConfig:
     log_every: int = 10  # optimiser steps between "step" events in metrics.jsonl
     model_options: dict = field(default_factory=dict)  # extra create_model keywords, e.g.
     # {"attention": ["A", "B"]} (JSON on the command line)
+    members: int = 1  # > 1: a seed ensemble of this many runs (seeds seed, seed + 1, ...),
+    # trained side by side and joined (ml.ensemble); the score is the mean of their logits
     gradcam_layer: str = ""  # module Grad-CAM hooks, e.g. "stage_a" ("": the model's default)
 
     def clip_spec(self, spatial_dims: int) -> ClipSpec:
@@ -145,6 +147,8 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
     if cfg.attention_target not in ATTENTION_TARGETS:
         raise ValueError(f"attention_target is one of {', '.join(ATTENTION_TARGETS)}; "
                          f"got {cfg.attention_target!r}")
+    if cfg.members < 1:
+        raise ValueError(f"members is 1 (one network) or more (a seed ensemble); got {cfg.members}")
     if cfg.roi_side < 0:
         raise ValueError(f"roi_side is 0 (a crop relative to the nodule) or a side in pixels; "
                          f"got {cfg.roi_side}")
@@ -164,6 +168,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     from ml.models import create_model
 
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_options.items()}
+    if cfg.members > 1:
+        from ml.models.ensemble import SeedEnsemble
+
+        return SeedEnsemble([create_model(cfg.arch, config=cfg.preset, **options)
+                             for _ in range(cfg.members)])
     return create_model(cfg.arch, config=cfg.preset, **options)
 
 
@@ -521,6 +530,9 @@ def train(
     With `resume=True` the run continues from `checkpoint.pt` with the configuration stored in
     `config.json` (then `cfg` is ignored), reproducing the uninterrupted run exactly.
     """
+    if cfg.members > 1:
+        raise ValueError("a seed ensemble trains its members side by side: use "
+                         "ml.ensemble.train_ensemble (python -m ml train --members N)")
     dist = init_distributed()
     run_dir, data_root = Path(run_dir), Path(data_root).resolve()
     ckpt_path = run_dir / "checkpoint.pt"
@@ -771,7 +783,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)
                  if f.name != "preset"}
     cfg = make_config(args.config, **overrides)
-    summary = train(cfg, args.data, args.out, resume=args.resume, show_progress=True)
+    if cfg.members > 1:
+        from ml.ensemble import train_ensemble
+
+        summary = train_ensemble(cfg, args.data, args.out)
+    else:
+        summary = train(cfg, args.data, args.out, resume=args.resume, show_progress=True)
     sys.stdout.write(json.dumps(summary) + "\n")  # the result on stdout; logs go to stderr
     return 0
 
