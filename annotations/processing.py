@@ -140,10 +140,10 @@ def _header_info(path: Path, container: str, max_side: int) -> tuple[VideoInfo, 
     return VideoInfo(container, codec, fps, 0, width, height, 0.0), max(declared, 0)
 
 
-def _is_gray(rgb: np.ndarray, tolerance: int = 4) -> bool:
+def _is_gray(frame: np.ndarray, tolerance: int = 4) -> bool:
     """Whether the three channels agree within `tolerance` on every 8th pixel of every 8th
     row (colour flow and coloured overlays are never that thin)."""
-    sample = rgb[::8, ::8].astype(np.int16)
+    sample = frame[::8, ::8].astype(np.int16)  # RGB or BGR: G is the middle channel either way
     return bool(np.abs(sample[..., 0] - sample[..., 1]).max() <= tolerance
                 and np.abs(sample[..., 2] - sample[..., 1]).max() <= tolerance)
 
