@@ -7,9 +7,11 @@
 #
 # 1. `python -m ml synth` with its defaults (6 centres x 60 nodules, seed 0);
 # 2. `python -m ml dataset --size 256` with centre C6 held out whole as the external test;
-# 3. `python -m ml train --config small` for irv2_cam (the study's model), irv2 (the same
-#    network without the calcification attention module) and irv2_2d (one key frame), each
-#    timed by /usr/bin/time-like wall clock;
+# 3. `python -m ml train --config small --members 2 --model-options '{"focus_head": true}'`
+#    for irv2_cam (the study's model), irv2 (the same network without the calcification
+#    attention module) and irv2_2d (one key frame): each a seed ensemble of two members
+#    trained side by side, one per core, with the punctate-focus head (docs/ml-results.md),
+#    timed by wall clock;
 # 4. `python -m ml evaluate` (AUROC with DeLong CI, thresholds frozen on validation, Grad-CAM
 #    and attention localisation against the calcification masks);
 # 5. `python -m ml compare` on the external test: the table and paired DeLong tests.
@@ -27,6 +29,9 @@ EXTERNAL=${EXTERNAL:-C6}
 # Stored clips of 256 x 256: at the platform's default 128 the resize of the ultrasound region
 # averages a 1-2 pixel focus into the speckle (docs/ml-results.md).
 CLIP_SIDE=${CLIP_SIDE:-256}
+# Two seed-ensemble members, one per core; the punctate-focus head on stage A.
+MEMBERS=${MEMBERS:-2}
+MODEL_OPTIONS=${MODEL_OPTIONS:-'{"focus_head": true}'}
 mkdir -p "$WORK" "$RESULTS"
 
 {
@@ -52,6 +57,7 @@ for arch in $ARCHS; do
     rm -rf "$run"
     start=$(date +%s)
     $PY -m ml train --data "$WORK/dataset" --arch "$arch" --config small --out "$run" \
+      --members "$MEMBERS" --model-options "$MODEL_OPTIONS" \
       2>"$WORK/train-$arch.log" >"$RESULTS/$arch.train.json.tmp"
     end=$(date +%s)
     $PY - "$RESULTS/$arch.train.json.tmp" "$((end - start))" "$(cut -d' ' -f1-3 /proc/loadavg)" \
