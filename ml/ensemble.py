@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from ml.data import ClipDataset, ClipSpec, DataError
 
 log = logging.getLogger(__name__)
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 def member_dirs(run_dir: Path, cfg) -> list[Path]:
@@ -80,11 +81,13 @@ def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int) -> Non
             member = dataclasses.replace(cfg, members=1, seed=cfg.seed + k)
             d.mkdir(parents=True, exist_ok=True)
             (d / "member.json").write_text(json.dumps(dataclasses.asdict(member)) + "\n")
-            command = [sys.executable, "-m", "ml.ensemble", str(d / "member.json"),
-                       str(data_root), str(d)]
+            command = [sys.executable, "-m", "ml.ensemble", str((d / "member.json").resolve()),
+                       str(data_root), str(d.resolve())]
             log.info("member %s: %s", d.name, " ".join(command))
             with (d / "train.log").open("ab") as out:
-                running.append((d, subprocess.Popen(command, stdout=out, stderr=out)))
+                # from the folder that holds the ml package, whatever the caller's folder
+                running.append((d, subprocess.Popen(command, stdout=out, stderr=out,
+                                                    cwd=PACKAGE_PARENT)))
         time.sleep(0.5)
         for d, proc in list(running):
             if proc.poll() is not None:
