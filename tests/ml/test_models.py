@@ -202,21 +202,29 @@ def test_attention_loss_ignores_clips_without_marks():
     )
 
 
-def test_training_on_the_attention_loss_moves_the_maps_to_the_marks():
-    torch.manual_seed(0)
-    model = create_model("irv2_cam")
+def _train_on_marks(model, loss_of, steps: int = 8) -> tuple[list[float], torch.Tensor]:
+    """A few Adam steps on one batch with `_mask_with_focus` marks, minimising
+    `loss_of(model, mask, has_mask)` alone; returns the losses and the batch."""
     x = torch.rand(2, 1, 16, 64, 64)
     mask = _mask_with_focus()
     has = torch.tensor([True, True])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(steps):
         model(x)
-        loss = attention_supervision_loss(model.attention_maps, mask, has)
+        loss = loss_of(model, mask, has)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses, x
+
+
+def test_training_on_the_attention_loss_moves_the_maps_to_the_marks():
+    torch.manual_seed(0)
+    losses, _ = _train_on_marks(
+        create_model("irv2_cam"),
+        lambda m, mask, has: attention_supervision_loss(m.attention_maps, mask, has))
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -261,18 +269,7 @@ def test_focus_loss_learns_punctate_marks_only():
 def test_training_on_the_focus_loss_raises_the_map_at_the_focus():
     torch.manual_seed(0)
     model = create_model("irv2_cam", focus_head=True)
-    x = torch.rand(2, 1, 16, 64, 64)
-    mask = _mask_with_focus()
-    has = torch.tensor([True, True])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        model(x)
-        loss = focus_loss(model.focus_logits, mask, has)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, x = _train_on_marks(model, lambda m, mask, has: focus_loss(m.focus_logits, mask, has))
     assert losses[-1] < 0.7 * losses[0]
     model(x)
     focus_cell = model.focus_logits[0, 0, 2, 1, 1]  # frame 5 -> 2, pixel (10, 12) -> (1, 1)
