@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, HttpResponseForbidden, JsonResponse
@@ -86,7 +87,7 @@ def _managed_membership(request, code: str, membership_id: int):
         memberships_visible_to(user=request.user).filter(centre__code=code), pk=membership_id
     )
     if not can(request.user, Action.MANAGE_MEMBERS, membership.centre):
-        return HttpResponseForbidden("You may not change memberships at this centre.")
+        raise PermissionDenied("You may not change memberships at this centre.")
     return membership
 
 
@@ -94,8 +95,6 @@ def _managed_membership(request, code: str, membership_id: int):
 @require_POST
 def membership_remove(request, code: str, membership_id: int):
     membership = _managed_membership(request, code, membership_id)
-    if isinstance(membership, HttpResponseForbidden):
-        return membership
     try:
         services.membership_remove(actor=request.user, membership=membership)
         messages.success(request, f"{membership.user} removed from {code}.")
@@ -108,8 +107,6 @@ def membership_remove(request, code: str, membership_id: int):
 @require_POST
 def membership_reviewer(request, code: str, membership_id: int):
     membership = _managed_membership(request, code, membership_id)
-    if isinstance(membership, HttpResponseForbidden):
-        return membership
     choice = request.POST.get("reviewer")
     if choice not in ("0", "1"):  # a garbled form must not silently take the role away
         messages.error(request, "Choose whether the member reviews annotations.")
