@@ -127,7 +127,7 @@ def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
 
     probs = []
     for batch in DataLoader(ds, batch_size=batch_size):
-        logits = logits_of(model, batch["clip"].to(device), ds.spec)
+        logits = logits_of(model, batch["clip"].to(device), ds.spec.flip_average)
         probs += torch.sigmoid(logits[:, 0].float()).cpu().tolist()
     return np.asarray(probs)
 

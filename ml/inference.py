@@ -108,12 +108,12 @@ def match_clip_size(
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
-    """(B, K) logits for a prepared batch; with `spec.flip_average` the mean of the logits of
-    the batch and of its left-right mirror (the probe's orientation carries no diagnosis, and
-    averaging the two views steadies the score: docs/ml-results.md)."""
+def logits_of(model: nn.Module, x: torch.Tensor, flip_average: bool) -> torch.Tensor:
+    """(B, K) logits for a prepared batch; with `flip_average` (the run's
+    `ClipSpec.flip_average`) the mean of the logits of the batch and of its left-right mirror:
+    the probe's orientation carries no diagnosis (docs/ml-results.md)."""
     logits = model(x)
-    if spec.flip_average:
+    if flip_average:
         logits = (logits + model(torch.flip(x, dims=[-1]))) / 2
     return logits
 
@@ -130,7 +130,7 @@ def predict(
     model.eval()
     x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
     with torch.no_grad():
-        logits = logits_of(model, x.to(_device(model)), spec)
+        logits = logits_of(model, x.to(_device(model)), spec.flip_average)
     return float(torch.sigmoid(logits[0, 0].float()))
 
 

@@ -475,6 +475,8 @@ def evaluate(
 
     Under DDP each rank scores its shard and the results are gathered on every rank.
     """
+    from ml.inference import logits_of
+
     model.eval()
     cfg = cfg or TrainConfig(amp=False)
     channels_last = cfg.channels_last_3d and device.type == "cuda"
@@ -482,9 +484,8 @@ def evaluate(
     for batch in loader:
         b = _to_device(batch, device, channels_last)
         with _autocast(cfg, device):
-            out = model(b["clip"])
-            if cfg.flip_average:  # as ml.inference.logits_of: the threshold is frozen on this
-                out = (out + model(torch.flip(b["clip"], dims=[-1]))) / 2
+            # scored as evaluation and inference score: the threshold is frozen on this
+            out = logits_of(model, b["clip"], cfg.flip_average)
         logits += out[:, 0].float().cpu().tolist()
         labels += batch["label"].tolist()
         case_ids += list(batch["case_id"])
