@@ -82,10 +82,6 @@ class ClipWriter:
         if len(self.frames) >= self.batch:
             self._flush()
 
-    def add(self, frame: np.ndarray) -> None:
-        self.check(frame)
-        self.append(self.standardise(frame))
-
     def __len__(self) -> int:
         return self.count + len(self.frames)
 

@@ -103,6 +103,7 @@ def join(run_dir: Path, dirs: list[Path], data_root: Path) -> dict:
     frozen on validation with the ensemble's own scores."""
     from ml.train import (
         _atomic_write,
+        _json_float,
         build_model,
         code_version,
         config_from_dict,
@@ -144,18 +145,12 @@ def join(run_dir: Path, dirs: list[Path], data_root: Path) -> dict:
         "threshold": threshold,
         "members": [str(d.relative_to(run_dir)) for d in dirs],
         "member_best_val_auroc": [c.get("best_val_auroc") for c in configs],
-        "best_val_auroc": _rounded(scores["auroc"]),
+        "best_val_auroc": _json_float(scores["auroc"]),
     }
     _atomic_write(run_dir / "config.json",
                   lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    return {"members": len(dirs), "val_auroc": _rounded(scores["auroc"]),
+    return {"members": len(dirs), "val_auroc": _json_float(scores["auroc"]),
             "threshold": threshold}
-
-
-def _rounded(x) -> float | None:
-    import math
-
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
 def _member_main(argv: list[str]) -> int:

@@ -210,7 +210,8 @@ def predict_with_heatmaps(
     logits, heat, att = input_heatmaps(model, x, layer)
     if spec.flip_average:  # the heatmaps stay those of the clip as shown
         with torch.no_grad():
-            logits = (logits.detach() + model(torch.flip(x, dims=[-1]))) / 2
+            mirror = logits_of(model, torch.flip(x, dims=[-1]), flip_average=False)
+        logits = (logits.detach() + mirror) / 2
     heat_in = heat[0].astype(np.float32)
     att_in = [a[0].astype(np.float32) for a in att]
     # The crop box in the caller's clip pixels (it was found on the resampled clip).
