@@ -4,12 +4,14 @@
 #   bash benchmarks/gpu_bench.sh            # writes benchmarks/results/bench-cuda-<gpu>-paper.{json,md}
 #   OUT_DIR=$OUT bash benchmarks/gpu_bench.sh   # e.g. on the lent machine, to get the files back
 #
-# Paper preset, 32 x 224 x 224 clips, CUDA, bf16 autocast + channels_last_3d, batch 8 and 32,
-# irv2_cam, irv2, r3d_18, x3d_s: every eager row first, then the Grad-CAM latency of one 64-frame
-# video, then the torch.compile'd rows. Installs nothing.
+# Paper preset, 32 x 224 x 224 clips, CUDA, bf16 autocast + channels_last_3d, batch 32 and 8,
+# irv2_cam, r3d_18 (the study's anchor), x3d_s, irv2: every eager row first, then the Grad-CAM latency of one 64-frame
+# video, then a torch.profiler breakdown of irv2_cam's eager training step at batch 32
+# (bench-...-profile.txt: device-busy share, convolution / normalisation / other kernel time),
+# then the torch.compile'd rows. Installs nothing.
 #
-# Bounded to < 8 minutes: no new row starts after 330 s (--time-budget), and the run is
-# interrupted at 450 s; results are written after every row, so an interrupted run keeps
+# Bounded to < 9 minutes: no new row starts after 330 s (--time-budget), and the run is
+# interrupted at 500 s; results are written after every row, so an interrupted run keeps
 # all finished rows (the compiled ones, slowest to prepare, come last).
 #
 # Needs python3 with a CUDA torch, numpy, scipy, tqdm and MONAI. The lent GPU image has all but
@@ -32,6 +34,7 @@ if not torch.cuda.is_available():
     sys.exit("gpu_bench.sh: torch sees no CUDA device")
 try:
     import monai, scipy, tqdm  # noqa: F401
+    import ml.bench, ml.gradcam  # noqa: F401  (fail here, in seconds, not after the first row)
 except ImportError as exc:
     sys.exit(f"gpu_bench.sh: {exc} (see the header of this script)")
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
@@ -39,16 +42,17 @@ EOF
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 
-timeout --signal=INT --kill-after=15 450 \
+timeout --signal=INT --kill-after=15 500 \
   "$PY" -m ml.bench \
     --device cuda \
     --preset paper \
     --frames 32 --size 224 \
-    --archs irv2_cam irv2 r3d_18 x3d_s \
-    --batch-sizes 8 32 \
+    --archs irv2_cam r3d_18 x3d_s irv2 \
+    --batch-sizes 32 8 \
     --dtypes bf16 \
     --compile \
     --steps 10 --warmup 3 \
     --gradcam-frames 64 \
+    --profile \
     --time-budget 330 \
     --out-dir "$OUT_DIR"

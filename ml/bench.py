@@ -181,6 +181,13 @@ def paper_reference(archs: Sequence[str]) -> list[dict]:
 # --------------------------------------------------------------------------- timing
 
 
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """Training's own AdamW (fused on a GPU), at a learning rate too small to upset the timing."""
+    from ml.train import TrainConfig, make_optimizer
+
+    return make_optimizer(model, TrainConfig(lr=1e-6))
+
+
 def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -213,7 +220,7 @@ def measure(
 ) -> dict:
     """Training and inference speed of `runner` (model or its compiled wrapper) on batch x."""
     y = torch.randint(0, 2, (x.shape[0], 1), device=device).float()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = _optimizer(model)
 
     def train_step() -> None:
         with _autocast(device, dtype):
@@ -291,6 +298,91 @@ def gradcam_latency(
     }
 
 
+def profile_training(
+    arch: str,
+    *,
+    device: torch.device,
+    preset: str,
+    frames: int,
+    size: int,
+    batch: int,
+    dtype_name: str,
+    channels_last: bool,
+    steps: int = 3,
+    top: int = 25,
+) -> tuple[dict, str]:
+    """Where a training step's time goes: `torch.profiler` over `steps` eager steps.
+
+    Returns a summary (device-busy share of the wall time, the share of the kernel time spent
+    in convolutions, normalisation and the rest) and the profiler's table of the `top` ops by
+    self device time. A busy share well under 1 means the GPU waits for launches (many small
+    kernels); a large normalisation or elementwise share means memory-bound work that fusion
+    (torch.compile) could remove.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    dtype = DTYPES[dtype_name]
+    model = create_model(arch, config=preset).to(device).train()
+    x = torch.rand(input_shape(model.spatial_dims, batch, frames, size), device=device)
+    if channels_last:
+        model = model.to(memory_format=_memory_format(x.ndim))
+        x = x.contiguous(memory_format=_memory_format(x.ndim))
+    y = torch.randint(0, 2, (batch, 1), device=device).float()
+    opt = _optimizer(model)
+
+    def step() -> None:
+        with _autocast(device, dtype):
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # cuDNN autotuning and allocator warm-up stay outside the profile
+        step()
+    _sync(device)
+    activities = [ProfilerActivity.CPU]
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    kernel_us = {"convolution": 0.0, "normalisation": 0.0, "other": 0.0}
+    for ev in events:
+        # on CUDA count the kernels' own rows: an op's self device time repeats its kernels'
+        if on_gpu and ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = ev.key.lower()
+        spent = float(getattr(ev, key, 0.0) or 0.0)
+        if any(k in name for k in ("conv", "cudnn", "xmma", "gemm", "wgrad", "dgrad")):
+            kernel_us["convolution"] += spent
+        elif any(k in name for k in ("batch_norm", "bn_", "norm")):
+            kernel_us["normalisation"] += spent
+        else:
+            kernel_us["other"] += spent
+    total_us = sum(kernel_us.values())
+    summary = {
+        "arch": arch,
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype_name,
+        "channels_last": channels_last,
+        "steps": steps,
+        "step_s": round(wall / steps, 4),
+        "device_busy_share": round(total_us / 1e6 / wall, 3) if on_gpu else None,
+        "kernel_share": {
+            k: round(v / total_us, 3) if total_us else None for k, v in kernel_us.items()
+        },
+    }
+    table = events.table(sort_by=key, row_limit=top)
+    return summary, table
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -311,6 +403,7 @@ def run_benchmark(
     gradcam_frames: int = 64,
     time_budget_s: float | None = None,
     reference: bool = True,
+    profile: bool = False,
     progress: bool = False,
 ) -> list[dict]:
     """Benchmark `archs`; returns one dict per (compile, arch, dtype, batch) row.
@@ -319,6 +412,8 @@ def run_benchmark(
     run) loses the slow-to-compile rows first. `channels_last` None: on for CUDA only.
     `gradcam_frames` 0 skips the Grad-CAM latency. `reference` adds every architecture's
     paper-preset parameters and GFLOPs at 32 x 224 x 224 (counted on the meta device).
+    `profile` adds, after the eager rows, a `torch.profiler` breakdown of the first
+    architecture's eager training step at the largest batch (`<stem>-profile.txt`).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -351,7 +446,7 @@ def run_benchmark(
         "channels_last": channels_last,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if dev.type == "cuda" else None,
         "memory_method": memory.method,
-        "train_step": "forward + backward + AdamW step, BCE loss",
+        "train_step": "forward + backward + AdamW step (ml.train.make_optimizer), BCE loss",
         "flops_method": "torch.utils.flop_counter.FlopCounterMode, 2 FLOPs per MAC, batch 1",
         "paper_anchors": PAPER_ANCHORS,
         "paper_reference": (
@@ -359,6 +454,7 @@ def run_benchmark(
         ),
         "rows": [],
         "gradcam": [],
+        "profile": None,
     }
     counts = {a: count_model(a, preset, frames, size) for a in archs}
     plan = [
@@ -408,6 +504,9 @@ def run_benchmark(
                     break
                 report["gradcam"].append(_gradcam_row(dtype, gradcam_frames, ctx))
                 _write(out, stem, report)
+        if not phase and profile and not over_budget():
+            report["profile"] = _profile_row(archs[0], max(batch_sizes), dtypes[0], ctx, out, stem)
+            _write(out, stem, report)
     bar.close()
     report["wall_s"] = round(time.monotonic() - start, 1)
     _write(out, stem, report)
@@ -488,6 +587,29 @@ def _gradcam_row(dtype: str, frames: int, ctx: dict) -> dict:
     except Exception as exc:
         log.warning("Grad-CAM latency (%s) failed: %s", dtype, exc)
         return {"arch": "irv2_cam", "dtype": dtype, "status": f"error: {type(exc).__name__}"}
+    finally:
+        _free(ctx["dev"], collect=True)
+
+
+def _profile_row(arch: str, batch: int, dtype: str, ctx: dict, out: Path, stem: str) -> dict:
+    try:
+        summary, table = profile_training(
+            arch,
+            device=ctx["dev"],
+            preset=ctx["preset"],
+            frames=ctx["frames"],
+            size=ctx["size"],
+            batch=batch,
+            dtype_name=dtype,
+            channels_last=ctx["channels_last"],
+        )
+        (out / f"{stem}-profile.txt").write_text(table)
+        return summary
+    except torch.cuda.OutOfMemoryError:
+        return {"arch": arch, "batch": batch, "status": "out of memory"}
+    except Exception as exc:  # the profile is a diagnostic: never lose the rows for it
+        log.warning("profile of %s failed: %s", arch, exc)
+        return {"arch": arch, "batch": batch, "status": f"error: {type(exc).__name__}: {exc}"}
     finally:
         _free(ctx["dev"], collect=True)
 
@@ -600,6 +722,22 @@ def markdown(report: dict) -> str:
                 f"| {g.get('clip', '-')} | {g['dtype']} | {_fmt(g.get('inference_s'), 3)} "
                 f"| {_fmt(g.get('latency_s'), 3)} | {_fmt(g.get('peak_mib'), 0)} |"
             )
+    prof = r.get("profile")
+    if prof and "step_s" in prof:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["kernel_share"].items() if v is not None)
+        busy = prof["device_busy_share"]
+        lines += [
+            "",
+            f"## Where a training step goes ({prof['arch']}, batch {prof['batch']}, "
+            f"{prof['dtype']}, eager)",
+            "",
+            f"{prof['step_s']} s a step; device busy {busy:.0%} of the wall time; "
+            if busy is not None
+            else f"{prof['step_s']} s a step; ",
+        ]
+        lines[-1] += f"kernel time: {shares}. Top ops in the `-profile.txt` beside this file."
+    elif prof:
+        lines += ["", f"Profile: {prof.get('status')}"]
     a = r["paper_anchors"]
     if r["paper_reference"]:
         lines += [
@@ -670,6 +808,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM latency")
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the first architecture's eager training step (torch.profiler)",
+    )
+    p.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the table of paper-preset sizes at 32x224x224",
@@ -718,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gradcam_frames=0 if args.no_gradcam else args.gradcam_frames,
         time_budget_s=args.time_budget,
         reference=not args.no_reference,
+        profile=args.profile,
         progress=True,
     )
     for row in rows:

@@ -210,6 +210,7 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
         warmup=1,
         gradcam_frames=8,
         reference=False,
+        profile=True,
     )
     files = sorted(p.name for p in tmp_path.iterdir())
     assert any(f.endswith(".json") for f in files) and any(f.endswith(".md") for f in files)
@@ -221,6 +222,13 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
         assert r["gflops_per_clip"] > 0 and r["train_clips_per_s"] > 0
         assert r["infer_clips_per_s"] > 0 and r["params_m"] > 0
     assert report["gradcam"][0]["latency_s"] > 0
+    # the training-step profile: shares of the kernel time and the profiler's table beside it
+    profile = report["profile"]
+    assert profile["arch"] == "irv2_cam" and profile["step_s"] > 0
+    assert sum(profile["kernel_share"].values()) == pytest.approx(1, abs=0.01)
+    assert profile["kernel_share"]["convolution"] > 0
+    assert "convolution" in next(tmp_path.glob("*-profile.txt")).read_text()
+    assert "Where a training step goes" in next(tmp_path.glob("*.md")).read_text()
     assert "GFLOPs" in next(tmp_path.glob("*.md")).read_text()
     # the CLI entry point the platform's `python -m ml bench` calls
     status = main(

@@ -79,6 +79,16 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.01)
 
 
+def test_optimizer_decays_weights_only_and_is_unfused_on_cpu():
+    model = TinyNet()
+    opt = train_mod.make_optimizer(model, TrainConfig(weight_decay=0.05))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and all(p.ndim >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.ndim < 2 for p in no_decay["params"])
+    # fused AdamW is a CUDA kernel: on the CPU the default implementation runs
+    assert not opt.defaults["fused"]
+
+
 def test_make_config_presets_and_overrides():
     cfg = make_config("paper", epochs=3, lr=None)
     assert cfg.preset == "paper" and cfg.epochs == 3 and cfg.lr == train_mod.PRESETS["paper"]["lr"]
