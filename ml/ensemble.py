@@ -73,8 +73,8 @@ def train_ensemble(cfg, data_root: str | Path, run_dir: str | Path, *,
 
 def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int) -> None:
     waiting = [(k, d) for k, d in enumerate(dirs) if not _finished(d)]
-    running: list[tuple[Path, subprocess.Popen]] = []
-    failed: list[str] = []
+    running: list[tuple[int, Path, subprocess.Popen]] = []
+    failed: list[tuple[int, str]] = []
     while waiting or running:
         while waiting and len(running) < parallel:
             k, d = waiting.pop(0)
@@ -86,16 +86,17 @@ def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int) -> Non
             log.info("member %s: %s", d.name, " ".join(command))
             with (d / "train.log").open("ab") as out:
                 # from the folder that holds the ml package, whatever the caller's folder
-                running.append((d, subprocess.Popen(command, stdout=out, stderr=out,
-                                                    cwd=PACKAGE_PARENT)))
+                running.append((k, d, subprocess.Popen(command, stdout=out, stderr=out,
+                                                       cwd=PACKAGE_PARENT)))
         time.sleep(0.5)
-        for d, proc in list(running):
+        for k, d, proc in list(running):
             if proc.poll() is not None:
-                running.remove((d, proc))
+                running.remove((k, d, proc))
                 if proc.returncode != 0:
-                    failed.append(f"{d.name} (exit {proc.returncode}, see {d / 'train.log'})")
+                    failed.append((k, f"{d.name} (exit {proc.returncode}, see {d / 'train.log'})"))
     if failed:
-        raise DataError("ensemble members failed: " + ", ".join(failed))
+        # in member order, whichever process ended first
+        raise DataError("ensemble members failed: " + ", ".join(m for _, m in sorted(failed)))
 
 
 def join(run_dir: Path, dirs: list[Path], data_root: Path) -> dict:

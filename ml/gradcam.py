@@ -16,7 +16,9 @@ heatmap belongs to frame f of the clip that went in, then min-max normalised to 
 Only a forward hook is used: it keeps the layer's output, and the gradient is taken with
 `torch.autograd.grad` with respect to that output, so parameters' `.grad` are left untouched
 (Grad-CAM can run between training steps) and in-place ops after the layer cannot break a
-module backward hook.
+module backward hook. The layers before the hooked one run without autograd (nothing there
+needs a gradient): the hook turns recording on and starts the graph at the layer's output, so
+the forward saves no activations for a backward pass that never reaches them.
 
 Localisation scores (`energy_inside_mask`, `pointing_game`) compare a heatmap with the
 calcification type-code mask (1-3 are calcifications; 0 none and 4 comet-tail are not), and
@@ -48,6 +50,7 @@ class GradCAM:
         self.layer = layer if layer is not None else gradcam_layer(model)
         self._handle = None
         self._activation: torch.Tensor | None = None
+        self._explaining = False  # set while __call__ runs its forward
         self.logits: np.ndarray | None = None
         self.attention: list[np.ndarray] = []
 
@@ -61,8 +64,16 @@ class GradCAM:
             self._handle = None
         self._activation = None
 
-    def _keep(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        self._activation = output
+    def _keep(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if not self._explaining or (torch.is_grad_enabled() and output.requires_grad):
+            self._activation = output  # another forward in the block, or one with a graph
+            return None
+        # the forward so far ran without autograd: record from here on (the caller's
+        # `no_grad` block restores its mode when the forward returns), from a leaf that holds
+        # the layer's output; the clone passed on keeps in-place ops after the layer off it
+        torch.set_grad_enabled(True)
+        self._activation = output.detach().requires_grad_(True)
+        return self._activation.clone()
 
     def __call__(
         self, x: torch.Tensor, target: int | Sequence[int] | None = None
@@ -78,17 +89,20 @@ class GradCAM:
         was_training = self.model.training
         self.model.eval()  # batch-norm statistics of the model, not of this batch
         try:
-            # works even when the caller is in inference_mode or no_grad
-            with torch.inference_mode(False), torch.enable_grad():
-                # a graph up to the layer even when the layers before it are frozen
-                x = x.clone().requires_grad_(True)
+            # works even when the caller is in inference_mode or no_grad; the hook turns
+            # autograd on at the layer
+            with torch.inference_mode(False), torch.no_grad():
                 self._activation = None
-                logits = self.model(x)  # (B, K)
+                self._explaining = True
+                try:
+                    logits = self.model(x)  # (B, K)
+                finally:
+                    self._explaining = False
                 act = self._activation
                 if act is None:
                     raise RuntimeError("the Grad-CAM layer did not run in the forward pass")
                 score = _target_score(logits, target)
-                (grad,) = torch.autograd.grad(score, act)
+            (grad,) = torch.autograd.grad(score, act)
             heat = _grad_cam(act.detach().float(), grad.float(), tuple(x.shape[2:]))
             attention = [
                 _upsample(a.detach().float(), tuple(x.shape[2:]))[:, 0]

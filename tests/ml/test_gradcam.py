@@ -109,6 +109,34 @@ def test_heatmap_follows_the_evidence_in_time_and_space():
     assert heat.max() == pytest.approx(1)
 
 
+def test_only_the_layers_after_the_hooked_one_record_a_graph():
+    # the stem before the hooked layer needs no gradient: it runs without autograd, and the
+    # heatmap is the one a graph through the whole network gives (computed here by hand)
+    torch.manual_seed(0)
+    model = create_model("irv2_cam", config="small", focus_head=True).eval()
+    layer = gradcam_layer(model)
+    seen = []
+    probe = model.stem.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    x = torch.rand(1, 1, 16, 64, 64)
+    with GradCAM(model) as gc:
+        heat, logits = gc(x, target=0)
+        plain = model(x)  # another forward in the block is left as it is
+    probe.remove()
+    assert seen == [False, True]  # Grad-CAM's forward, then the plain one with its graph
+    assert torch.equal(plain.detach(), logits)
+
+    kept = {}
+    hook = layer.register_forward_hook(lambda m, i, o: kept.setdefault("act", o))
+    out = model(x.clone().requires_grad_(True))
+    hook.remove()
+    (grad,) = torch.autograd.grad(-out[:, 0].sum(), kept["act"])
+    cam = torch.relu((grad.mean(dim=(2, 3, 4), keepdim=True) * kept["act"]).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="trilinear")[:, 0]
+    assert cam.max() > cam.min()  # a map with a place in it, not a flat one
+    cam = (cam - cam.min()) / (cam.max() - cam.min())
+    assert torch.allclose(heat, cam.detach(), atol=1e-5)
+
+
 def test_tensor_call_works_under_inference_mode():
     model = create_model("r3d_18")
     with torch.inference_mode(), GradCAM(model) as gc:
