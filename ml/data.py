@@ -345,6 +345,10 @@ class ClipSpec:
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
     flip_average: bool = False  # evaluation and inference average the logits of the clip and
     # its mirror image (`ml.inference.logits_of`): laterality is arbitrary in a sweep
+    temporal_views: int = 1  # evaluation and inference sample frames x views frames and
+    # average the logits of the views' interleaved clips, each at the training frame spacing: a
+    # punctate focus shows in 1-3 frames, and 16 frames of a sweep miss a quarter to a third
+    # of the foci (docs/ml-results.md); 3D models only
     clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
     # from; `ml.inference` resamples clips stored at another size to it first
 
@@ -487,7 +491,8 @@ def prepare_clip(
         # twice the temporal density on it for the same compute, so fewer foci fall between
         # sampled frames.
         window = nodule_frames(boxes, n) if spec.roi else None
-        idx = sample_frame_indices(n, spec.frames, train, rng, aug.time_span, window)
+        frames = spec.frames if train else spec.frames * max(1, spec.temporal_views)
+        idx = sample_frame_indices(n, frames, train, rng, aug.time_span, window)
         if train and rng.random() < aug.time_reverse:
             idx = idx[::-1].copy()
 

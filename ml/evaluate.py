@@ -127,7 +127,8 @@ def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
 
     probs = []
     for batch in DataLoader(ds, batch_size=batch_size):
-        logits = logits_of(model, batch["clip"].to(device), ds.spec.flip_average)
+        logits = logits_of(model, batch["clip"].to(device), ds.spec.flip_average,
+                           ds.spec.temporal_views)
         probs += torch.sigmoid(logits[:, 0].float()).cpu().tolist()
     return np.asarray(probs)
 
@@ -143,7 +144,8 @@ def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[list[dict], l
         mask = item["mask"].numpy()
         if not np.isin(mask, CALCIFICATION_CODES).any():
             continue
-        _, heat, att = input_heatmaps(model, item["clip"][None].to(device), layer)
+        _, heat, att = input_heatmaps(model, item["clip"][None].to(device), layer,
+                                      ds.spec.temporal_views)
         key = {"case_id": r.case_id, "label": r.label}
         cam_rows.append({**key, **localisation_scores(heat[0], mask)})
         if att:  # the first (finest) attention map

@@ -107,15 +107,32 @@ def match_clip_size(
     return resized, boxes
 
 
+def temporal_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """The interleaved clips of a batch sampled at `views` x the model's frames: view v holds
+    frames v, v + views, ...; each keeps the frame spacing the model learnt. Images and
+    `views` <= 1: the batch itself."""
+    if views <= 1 or x.ndim != 5:
+        return [x]
+    if x.shape[2] % views:
+        raise ValueError(f"{x.shape[2]} frames do not split into {views} views")
+    return [x[:, :, v::views] for v in range(views)]
+
+
 @torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, flip_average: bool) -> torch.Tensor:
-    """(B, K) logits for a prepared batch; with `flip_average` (the run's
-    `ClipSpec.flip_average`) the mean of the logits of the batch and of its left-right mirror:
-    the probe's orientation carries no diagnosis (docs/ml-results.md)."""
-    logits = model(x)
-    if flip_average:
-        logits = (logits + model(torch.flip(x, dims=[-1]))) / 2
-    return logits
+def logits_of(
+    model: nn.Module, x: torch.Tensor, flip_average: bool, views: int = 1
+) -> torch.Tensor:
+    """(B, K) logits for a prepared batch, as evaluation and inference score it: with
+    `flip_average` (the run's `ClipSpec.flip_average`) the mean of the logits of the batch and
+    of its left-right mirror (the probe's orientation carries no diagnosis); with `views`
+    (`ClipSpec.temporal_views`) the mean over the batch's interleaved temporal views."""
+    total = None
+    for v in temporal_views(x, views):
+        logits = model(v)
+        if flip_average:
+            logits = (logits + model(torch.flip(v, dims=[-1]))) / 2
+        total = logits if total is None else total + logits
+    return total / len(temporal_views(x, views)) if views > 1 and x.ndim == 5 else total
 
 
 def predict(
@@ -130,7 +147,7 @@ def predict(
     model.eval()
     x = torch.from_numpy(prepare_clip(clip, spec, boxes=boxes)["clip"])[None]
     with torch.no_grad():
-        logits = logits_of(model, x.to(_device(model)), spec.flip_average)
+        logits = logits_of(model, x.to(_device(model)), spec.flip_average, spec.temporal_views)
     return float(torch.sigmoid(logits[0, 0].float()))
 
 
@@ -155,16 +172,29 @@ class Heatmaps:
 
 
 def input_heatmaps(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None
+    model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, views: int = 1
 ) -> tuple[torch.Tensor, np.ndarray, list[np.ndarray]]:
     """(logits (B, 1), Grad-CAM, attention maps) for an input batch; the maps are
-    (B, T, H, W) (or (B, H, W)) on the input grid, Grad-CAM in [0, 1] per case."""
+    (B, T, H, W) (or (B, H, W)) on the input grid, Grad-CAM in [0, 1] per case. With `views`,
+    each temporal view is explained on its own (Grad-CAM normalised per view) and its maps
+    go back to the view's frames; the logits are the views' mean."""
     from ml.gradcam import GradCAM
 
+    parts = temporal_views(x, views)
+    heat = np.zeros((x.shape[0], *x.shape[2:]), np.float32)
+    attention: list[np.ndarray] = []
+    total = None
     with GradCAM(model, layer) as gc:
-        heat, logits = gc(x)
-        attention = list(gc.attention)
-    return logits, heat.cpu().numpy(), attention
+        for v, part in enumerate(parts):
+            h, logits = gc(part)
+            frames = slice(v, None, len(parts)) if len(parts) > 1 else slice(None)
+            heat[:, frames] = h.cpu().numpy()
+            if not attention:
+                attention = [np.zeros_like(heat) for _ in gc.attention]
+            for full, a in zip(attention, gc.attention, strict=True):
+                full[:, frames] = a
+            total = logits if total is None else total + logits
+    return total / len(parts), heat, attention
 
 
 def to_clip_grid(
@@ -207,10 +237,10 @@ def predict_with_heatmaps(
     clip, boxes = match_clip_size(clip, spec, boxes)
     prep = prepare_clip(clip, spec, boxes=boxes)
     x = torch.from_numpy(prep["clip"])[None].to(_device(model))
-    logits, heat, att = input_heatmaps(model, x, layer)
+    logits, heat, att = input_heatmaps(model, x, layer, spec.temporal_views)
     if spec.flip_average:  # the heatmaps stay those of the clip as shown
         with torch.no_grad():
-            mirror = logits_of(model, torch.flip(x, dims=[-1]), flip_average=False)
+            mirror = logits_of(model, torch.flip(x, dims=[-1]), False, spec.temporal_views)
         logits = (logits.detach() + mirror) / 2
     heat_in = heat[0].astype(np.float32)
     att_in = [a[0].astype(np.float32) for a in att]

@@ -65,6 +65,8 @@ class TrainConfig:
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     flip_average: bool = False  # validation, evaluation and inference average the logits of
     # the clip and its left-right mirror (ml.inference.logits_of)
+    temporal_views: int = 1  # validation, evaluation and inference average the logits of this
+    # many interleaved clips of `frames` frames each (ml.data.ClipSpec.temporal_views)
     augment: bool = True  # ml.data.AugmentSpec defaults during training
     augment_options: dict = field(default_factory=dict)  # AugmentSpec fields to override,
     # e.g. {"crop_scale": [0.75, 1.5]} (JSON on the command line)
@@ -114,6 +116,7 @@ class TrainConfig:
             roi_side=self.roi_side,
             normalise=self.normalise,
             flip_average=self.flip_average,
+            temporal_views=self.temporal_views if spatial_dims == 3 else 1,
         )
 
 
@@ -149,6 +152,8 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
                          f"got {cfg.attention_target!r}")
     if cfg.members < 1:
         raise ValueError(f"members is 1 (one network) or more (a seed ensemble); got {cfg.members}")
+    if cfg.temporal_views < 1:
+        raise ValueError(f"temporal_views is 1 or more; got {cfg.temporal_views}")
     if cfg.roi_side < 0:
         raise ValueError(f"roi_side is 0 (a crop relative to the nodule) or a side in pixels; "
                          f"got {cfg.roi_side}")
@@ -488,7 +493,7 @@ def evaluate(
         b = _to_device(batch, device, channels_last)
         with _autocast(cfg, device):
             # scored as evaluation and inference score: the threshold is frozen on this
-            out = logits_of(model, b["clip"], cfg.flip_average)
+            out = logits_of(model, b["clip"], cfg.flip_average, cfg.temporal_views)
         logits += out[:, 0].float().cpu().tolist()
         labels += batch["label"].tolist()
         case_ids += list(batch["case_id"])

@@ -21,11 +21,13 @@ from ml.evaluate import (
     summarise_localisation,
 )
 from ml.inference import (
+    input_heatmaps,
     load_model,
     logits_of,
     predict,
     predict_with_heatmaps,
     spec_of,
+    temporal_views,
     to_clip_grid,
 )
 from tests.ml.test_data import make_tiny_dataset
@@ -224,3 +226,44 @@ def test_flip_averaged_runs_score_a_clip_and_its_mirror_alike(tmp_path, monkeypa
         both = logits_of(model, x, True), logits_of(model, torch.flip(x, dims=[-1]), True)
         one = logits_of(model, x, False), logits_of(model, torch.flip(x, dims=[-1]), False)
     assert torch.allclose(*both, atol=1e-6) and not torch.allclose(*one, atol=1e-4)
+
+
+def test_temporal_views_score_the_mean_of_interleaved_clips(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "build_model", tiny_model)
+    data = make_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    train_mod.train(tiny_config(epochs=1, temporal_views=2), data, run)
+    m = evaluate_run(run)
+    model, config = load_model(run)
+    spec = spec_of(config)
+    assert (spec.frames, spec.temporal_views) == (6, 2)
+    assert m["threshold"] == pytest.approx(config["threshold"])
+    ds = ClipDataset(data, "external_test", spec)
+    assert ds[0]["clip"].shape[1] == 12  # evaluation samples frames x views
+    x = ds[0]["clip"][None]
+    with torch.no_grad():
+        by_hand = (model(x[:, :, 0::2]) + model(x[:, :, 1::2])) / 2
+        assert torch.allclose(logits_of(model, x, False, 2), by_hand, atol=1e-6)
+        assert not torch.allclose(logits_of(model, x, False, 1), by_hand, atol=1e-4)
+    # evaluation, inference and the heatmaps' probability agree
+    preds = {p["case_id"]: p["probability"] for p in read_predictions(run / "predictions.csv")}
+    clip, _, boxes = ds.load(0)
+    p = predict(model, clip, spec, boxes=boxes)
+    assert p == pytest.approx(preds[ds.records[0].case_id], abs=1e-5)
+    h = predict_with_heatmaps(model, clip, spec, boxes=boxes)
+    assert h.probability == pytest.approx(p, abs=1e-5) and len(h.frame_indices) == 12
+    # each view is explained on its own frames: view 1's heatmap is the Grad-CAM of view 1
+    _, heat, _ = input_heatmaps(model, x, views=2)
+    _, heat_view1, _ = input_heatmaps(model, x[:, :, 1::2])
+    assert heat.shape == (1, 12, 16, 16)
+    np.testing.assert_allclose(heat[:, 1::2], heat_view1, atol=1e-6)
+    # training samples `frames` frames; images and a single view pass through
+    train_ds = ClipDataset(data, "train", spec, train=True)
+    assert train_ds[0]["clip"].shape[1] == 6
+    image = torch.rand(2, 1, 16, 16)
+    assert temporal_views(image, 2) == [image] and len(temporal_views(x, 1)) == 1
+    with pytest.raises(ValueError, match="do not split into 5 views"):
+        temporal_views(x, 5)
+    with pytest.raises(ValueError, match="temporal_views is 1 or more"):
+        train_mod.make_config("small", temporal_views=0)
+    assert train_mod.make_config("small", temporal_views=3).clip_spec(2).temporal_views == 1
