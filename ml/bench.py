@@ -188,6 +188,26 @@ def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return make_optimizer(model, TrainConfig(lr=1e-6))
 
 
+def _train_step(
+    runner: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> Callable[[], None]:
+    """One training step on batch x (random labels): forward, BCE, backward, optimiser step."""
+    y = torch.randint(0, 2, (x.shape[0], 1), device=device).float()
+
+    def step() -> None:
+        with _autocast(device, dtype):
+            loss = F.binary_cross_entropy_with_logits(runner(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -219,15 +239,8 @@ def measure(
     memory: PeakMemory,
 ) -> dict:
     """Training and inference speed of `runner` (model or its compiled wrapper) on batch x."""
-    y = torch.randint(0, 2, (x.shape[0], 1), device=device).float()
     opt = _optimizer(model)
-
-    def train_step() -> None:
-        with _autocast(device, dtype):
-            loss = F.binary_cross_entropy_with_logits(runner(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    train_step = _train_step(runner, opt, x, device, dtype)
 
     def infer_step() -> None:
         with torch.inference_mode(), _autocast(device, dtype):
@@ -327,16 +340,7 @@ def profile_training(
     if channels_last:
         model = model.to(memory_format=_memory_format(x.ndim))
         x = x.contiguous(memory_format=_memory_format(x.ndim))
-    y = torch.randint(0, 2, (batch, 1), device=device).float()
-    opt = _optimizer(model)
-
-    def step() -> None:
-        with _autocast(device, dtype):
-            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = _train_step(model, _optimizer(model), x, device, dtype)
     for _ in range(2):  # cuDNN autotuning and allocator warm-up stay outside the profile
         step()
     _sync(device)
