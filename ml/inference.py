@@ -126,13 +126,14 @@ def logits_of(
     `flip_average` (the run's `ClipSpec.flip_average`) the mean of the logits of the batch and
     of its left-right mirror (the probe's orientation carries no diagnosis); with `views`
     (`ClipSpec.temporal_views`) the mean over the batch's interleaved temporal views."""
+    parts = temporal_views(x, views)
     total = None
-    for v in temporal_views(x, views):
+    for v in parts:
         logits = model(v)
         if flip_average:
             logits = (logits + model(torch.flip(v, dims=[-1]))) / 2
         total = logits if total is None else total + logits
-    return total / len(temporal_views(x, views)) if views > 1 and x.ndim == 5 else total
+    return total if len(parts) == 1 else total / len(parts)
 
 
 def predict(
