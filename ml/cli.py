@@ -21,6 +21,9 @@ import logging
 import sys
 from pathlib import Path
 
+# ml.gradcam.METHODS, default first, named here so that `--help` does not import torch
+HEATMAP_METHODS = ("hirescam", "gradcam")
+
 log = logging.getLogger("ml")
 
 
@@ -88,10 +91,10 @@ def cmd_gradcam(args) -> int:
     clip = np.load(args.clip, mmap_mode="r")
     boxes = np.load(args.boxes) if args.boxes else None
     h = predict_with_heatmaps(model, clip, spec_of(config), boxes=boxes,
-                              layer=gradcam_layer_of(model, config))
+                              layer=gradcam_layer_of(model, config), method=args.method)
     np.save(args.out, h.gradcam)
     result = {"probability": h.probability, "threshold": config.get("threshold"),
-              "gradcam": str(args.out), "shape": list(h.gradcam.shape),
+              "gradcam": str(args.out), "method": args.method, "shape": list(h.gradcam.shape),
               "frame_indices": h.frame_indices.tolist(), "crop_box": list(h.crop_box)}
     if args.attention_out and h.attention:
         np.save(args.attention_out, np.stack(h.attention))
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="(T, H, W) float16 .npy")
     s.add_argument("--attention-out", type=Path, default=None,
                    help="(K, T, H, W) float16 .npy of the attention maps")
+    s.add_argument("--method", choices=HEATMAP_METHODS, default=HEATMAP_METHODS[0],
+                   help="heatmap: HiResCAM (default) or classic Grad-CAM (ml.gradcam)")
     s.set_defaults(func=cmd_gradcam)
 
     s = sub.add_parser("stats", help="DeLong AUROC CI and paired test on a CSV")

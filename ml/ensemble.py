@@ -6,12 +6,17 @@ like any other (`ml.models.ensemble.SeedEnsemble`: the mean of the members' logi
     RUN/model.safetensors                            the members' weights, prefixed members.K.
     RUN/config.json                                  train.members = N, the members' spec,
                                                      the threshold frozen on validation
-    RUN/metrics.jsonl                                start and done of the whole ensemble
+    RUN/metrics.jsonl                                start and done of the whole ensemble,
+                                                     and the members' progress (below)
 
 Members run as separate processes, `parallel` at a time (default: one per CPU core, each with
 the preset's threads), so on the 2-core machine two members take the time of one. Running the
 command again resumes: finished members are kept, interrupted ones continue from their
 checkpoints.
+
+Progress: whoever watches RUN/metrics.jsonl (the web platform streams it) sees the first
+member's steps as they come, and each epoch once every member has finished it, with the
+members' mean losses and validation AUROC (each member's own in `member_val_auroc`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -61,7 +67,8 @@ def train_ensemble(cfg, data_root: str | Path, run_dir: str | Path, *,
     metrics("start", arch=cfg.arch, preset=cfg.preset, epochs=cfg.epochs, members=cfg.members)
     dirs = member_dirs(run_dir, cfg)
     try:
-        _train_members(cfg, data_root, dirs, parallel or min(cfg.members, os.cpu_count() or 1))
+        _train_members(cfg, data_root, dirs, parallel or min(cfg.members, os.cpu_count() or 1),
+                       MemberProgress(dirs, metrics))
         summary = join(run_dir, dirs, data_root)
     except BaseException as e:
         metrics("error", message=str(e) or type(e).__name__, type=type(e).__name__)
@@ -71,7 +78,69 @@ def train_ensemble(cfg, data_root: str | Path, run_dir: str | Path, *,
     return summary
 
 
-def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int) -> None:
+class MemberProgress:
+    """Relays the members' metrics logs into the ensemble's (see the module docstring).
+
+    Reads each member's `metrics.jsonl` from where it stopped; a resumed member's file repeats
+    epochs, and a finished member's file is read whole, so running the command again replays
+    every epoch once."""
+
+    def __init__(self, dirs: list[Path], metrics) -> None:
+        self.paths = [d / "metrics.jsonl" for d in dirs]
+        self.metrics = metrics
+        self.offsets = [0] * len(dirs)
+        self.epochs: list[dict[int, dict]] = [{} for _ in dirs]
+        self.sent: set[int] = set()
+        self.best, self.best_epoch = -math.inf, 0
+
+    def _read(self, k: int) -> list[dict]:
+        try:
+            with self.paths[k].open("rb") as f:
+                f.seek(self.offsets[k])
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+        self.offsets[k] += end
+        events = []
+        for line in data[:end].splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line from a killed member
+        return events
+
+    def poll(self) -> None:
+        for k in range(len(self.paths)):
+            for e in self._read(k):
+                if e.get("event") == "step" and k == 0:
+                    self.metrics("step", **{key: v for key, v in e.items()
+                                            if key not in ("event", "time")}, member=0)
+                elif e.get("event") == "epoch":
+                    self.epochs[k][int(e["epoch"])] = e
+        ready = set.intersection(*(set(m) for m in self.epochs)) - self.sent
+        for n in sorted(ready):
+            self._epoch(n, [m[n] for m in self.epochs])
+
+    def _epoch(self, n: int, events: list[dict]) -> None:
+        def mean(key):
+            values = [e[key] for e in events if isinstance(e.get(key), int | float)]
+            return round(sum(values) / len(values), 6) if values else None
+
+        auroc = mean("val_auroc")
+        improved = auroc is not None and auroc > self.best
+        if improved:
+            self.best, self.best_epoch = auroc, n
+        self.sent.add(n)
+        self.metrics("epoch", epoch=n, epochs=events[0].get("epochs"),
+                     train_loss=mean("train_loss"), val_loss=mean("val_loss"), val_auroc=auroc,
+                     lr=events[0].get("lr"), time=max(e.get("time") or 0 for e in events),
+                     best_epoch=self.best_epoch, improved=improved,
+                     member_val_auroc=[e.get("val_auroc") for e in events])
+
+
+def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int,
+                   progress: MemberProgress | None = None) -> None:
     waiting = [(k, d) for k, d in enumerate(dirs) if not _finished(d)]
     running: list[tuple[int, Path, subprocess.Popen]] = []
     failed: list[tuple[int, str]] = []
@@ -89,11 +158,15 @@ def _train_members(cfg, data_root: Path, dirs: list[Path], parallel: int) -> Non
                 running.append((k, d, subprocess.Popen(command, stdout=out, stderr=out,
                                                        cwd=PACKAGE_PARENT)))
         time.sleep(0.5)
+        if progress is not None:
+            progress.poll()
         for k, d, proc in list(running):
             if proc.poll() is not None:
                 running.remove((k, d, proc))
                 if proc.returncode != 0:
                     failed.append((k, f"{d.name} (exit {proc.returncode}, see {d / 'train.log'})"))
+    if progress is not None:
+        progress.poll()  # what the members wrote after the last look
     if failed:
         # in member order, whichever process ended first
         raise DataError("ensemble members failed: " + ", ".join(m for _, m in sorted(failed)))
@@ -118,7 +191,8 @@ def join(run_dir: Path, dirs: list[Path], data_root: Path) -> dict:
     member_cfg = first["train"]
     layer = member_cfg.get("gradcam_layer") or ""
     train_fields = {**member_cfg, "members": len(dirs), "seed": member_cfg["seed"],
-                    "gradcam_layer": f"members.0.{layer}" if layer else ""}
+                    "gradcam_layer": ",".join(f"members.{k}.{layer}" for k in range(len(dirs)))
+                    if layer else ""}
     cfg = config_from_dict(train_fields)
     model = build_model(cfg)
     from safetensors.torch import load_file

@@ -2,9 +2,11 @@
 
 Every split is scored with the threshold frozen on validation (Youden J) when the run was
 trained. AUROC CIs and paired tests are DeLong's (`ml.stats`, checked against pROC); proportions
-carry Wilson intervals. Localisation (how much of the Grad-CAM heatmap falls on the annotated
+carry Wilson intervals. Localisation (how much of the heatmap falls on the annotated
 calcifications, against a uniform map) is scored on the model's input grid, where the mask is
-aligned to the exact frames and crop the model saw.
+aligned to the exact frames and crop the model saw: `localisation` for the heatmap the platform
+shows (`ml.gradcam.DEFAULT_METHOD`, HiResCAM), `localisation_gradcam` for classic Grad-CAM,
+`localisation_attention` for the first attention map.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ml import stats
 from ml.data import CALCIFICATION_CODES, ClipDataset, read_manifest
+from ml.gradcam import DEFAULT_METHOD, METHODS
 from ml.inference import gradcam_layer_of, input_heatmaps, load_model, spec_of
 
 log = logging.getLogger(__name__)
@@ -133,10 +136,12 @@ def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
     return np.asarray(probs)
 
 
-def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[list[dict], list[dict]]:
-    """Per-case localisation rows for Grad-CAM and for the first attention map (if any), on
-    the cases whose mask marks a calcification."""
-    cam_rows, att_rows = [], []
+def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[dict[str, list[dict]],
+                                                                    list[dict]]:
+    """Per-case localisation rows for each heatmap method of `ml.gradcam` ({method: rows})
+    and for the first attention map (if any), on the cases whose mask marks a calcification."""
+    cam_rows: dict[str, list[dict]] = {m: [] for m in METHODS}
+    att_rows = []
     for i, r in enumerate(ds.records):
         if not r.mask:
             continue
@@ -144,10 +149,11 @@ def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[list[dict], l
         mask = item["mask"].numpy()
         if not np.isin(mask, CALCIFICATION_CODES).any():
             continue
-        _, heat, att = input_heatmaps(model, item["clip"][None].to(device), layer,
-                                      ds.spec.temporal_views)
         key = {"case_id": r.case_id, "label": r.label}
-        cam_rows.append({**key, **localisation_scores(heat[0], mask)})
+        for method in METHODS:
+            _, heat, att = input_heatmaps(model, item["clip"][None].to(device), layer,
+                                          ds.spec.temporal_views, method)
+            cam_rows[method].append({**key, **localisation_scores(heat[0], mask)})
         if att:  # the first (finest) attention map
             att_rows.append({**key, **localisation_scores(att[0][0], mask)})
     return cam_rows, att_rows
@@ -217,7 +223,13 @@ def evaluate_run(
         if localisation:
             cam_rows, att_rows = _localise(model, ds, device, gradcam_layer_of(model, config))
             layer = config["train"].get("gradcam_layer") or "default"
-            block["localisation"] = _localisation_block(cam_rows, f"gradcam ({layer})")
+            # "localisation": the heatmap the platform shows; the others beside it
+            block["localisation"] = _localisation_block(
+                cam_rows[DEFAULT_METHOD], f"{DEFAULT_METHOD} ({layer})")
+            for method in METHODS:
+                if method != DEFAULT_METHOD:
+                    block[f"localisation_{method}"] = _localisation_block(
+                        cam_rows[method], f"{method} ({layer})")
             if att_rows:
                 block["localisation_attention"] = _localisation_block(
                     att_rows, "attention (first module)")
@@ -307,10 +319,12 @@ def _compare_row(name: str, m: dict) -> dict:
     for split in EVAL_SPLITS:
         b = m.get(split, {})
         loc = (b.get("localisation") or {}).get("malignant") or {}
+        classic = (b.get("localisation_gradcam") or {}).get("malignant") or {}
         row[split] = {k: b.get(k) for k in ("n", "n_malignant", "auroc", "auroc_ci",
                                             "sensitivity", "specificity")}
         row[split]["energy_ratio"] = loc.get("energy_ratio")
         row[split]["pointing_game"] = loc.get("pointing_game")
+        row[split]["energy_ratio_gradcam"] = classic.get("energy_ratio")
     return row
 
 
@@ -327,7 +341,8 @@ def _fmt(x, nd=3) -> str:
 
 def _markdown(rows: list[dict], tests: list[dict], split: str) -> str:
     head = ("| run | arch | val AUROC | internal test AUROC | external AUROC (95% CI) | "
-            "ext. sens | ext. spec | ext. heatmap energy / uniform (malignant) | train min |")
+            "ext. sens | ext. spec | ext. heatmap energy / uniform (malignant): HiResCAM "
+            "(Grad-CAM) | train min |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         e = r["external_test"]
@@ -335,7 +350,8 @@ def _markdown(rows: list[dict], tests: list[dict], split: str) -> str:
         lines.append(
             f"| {r['name']} | {r['arch']} | {_fmt_auc(r['val'])} | "
             f"{_fmt_auc(r['internal_test'])} | {_fmt_auc(e)} | {_fmt(e['sensitivity'])} | "
-            f"{_fmt(e['specificity'])} | {_fmt(e['energy_ratio'], 2)} | {_fmt(mins, 1)} |")
+            f"{_fmt(e['specificity'])} | {_fmt(e['energy_ratio'], 2)} "
+            f"({_fmt(e['energy_ratio_gradcam'], 2)}) | {_fmt(mins, 1)} |")
     if tests:
         lines += ["", f"Paired DeLong tests on the {split} cases all runs scored:", "",
                   "| a | b | n | AUROC a | AUROC b | difference (95% CI) | p |",

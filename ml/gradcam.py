@@ -1,17 +1,36 @@
 """Grad-CAM for 2D and 3D models, and scores of how well a heatmap finds the calcifications.
 
-Grad-CAM: Selvaraju et al., ICCV 2017. For a target logit y and a layer's activations
-A (B, C, T', H', W'): weights w_c = mean over (t, h, w) of dy/dA_c, map = ReLU(sum_c w_c A_c),
-upsampled (trilinear for clips, bilinear for images) to the input's grid, so frame f of the
-heatmap belongs to frame f of the clip that went in, then min-max normalised to [0, 1] per clip.
+Two ways to turn a layer's activations A (B, C, T', H', W') and the gradient G = dy/dA of a
+target logit y into a map, both with only a forward hook and one backward pass:
 
-    with GradCAM(model) as gc:                 # hooks model's gradcam_layer(model)
+- "hirescam" (the default; Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful
+  explanations of convolutional neural networks", 2020): map = ReLU(sum_c G_c * A_c), each
+  location weighted by its own gradient: the first-order share of each location in the
+  score (exact when the layers above only average-pool and add), so the map shows where the
+  model found its evidence.
+- "gradcam" (Selvaraju et al., ICCV 2017): weights w_c = mean over (t, h, w) of G_c,
+  map = ReLU(sum_c w_c A_c). Averaging the gradient spreads a channel's weight over every
+  location it is active in: on our IRv2 models one seed's map sits on the calcifications and
+  another's covers the whole nodule (docs/ml-results.md, "Heatmaps"), so it is kept for
+  comparison only.
+
+The map is upsampled (trilinear for clips, bilinear for images) to the input's grid, so frame
+f of the heatmap belongs to frame f of the clip that went in, then min-max normalised to
+[0, 1] per clip.
+
+    with GradCAM(model) as gc:                 # hooks ml.models.gradcam_layers(model)
         heat = gc.cam(clips)                   # np.ndarray (B, T, H, W) or (B, H, W)
         gc.logits                              # np.ndarray (B, K) of the same forward
         gc.attention                           # list of np.ndarray (B, T, H, W): attention maps
     # no hooks remain on the model here
 
-`gc(x)` does the same in torch: `heat, logits = gc(x)` (tensors on x's device).
+`GradCAM(model, method="gradcam")` for the classic map. `gc(x)` does the same in torch:
+`heat, logits = gc(x)` (tensors on x's device).
+
+Several layers (a seed ensemble hooks each member's own layer): each layer's map is computed
+as above from the gradient of the one target score, and the maps (before normalisation) are
+added, so every member's evidence for the ensemble's score is shown, weighted as the score
+weighs it, rather than one member's view of the case.
 
 Only a forward hook is used: it keeps the layer's output, and the gradient is taken with
 `torch.autograd.grad` with respect to that output, so parameters' `.grad` are left untouched
@@ -28,6 +47,7 @@ visible. Arrays are (B, T, H, W) clips or (B, H, W) images: the first axis is al
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,43 +57,66 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ml.models import gradcam_layer
+from ml.models import gradcam_layers
 
-__all__ = ["GradCAM", "Score", "calcification_region", "energy_inside_mask", "pointing_game"]
+METHODS = ("hirescam", "gradcam")
+DEFAULT_METHOD = "hirescam"
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "GradCAM", "Score", "calcification_region",
+           "energy_inside_mask", "pointing_game"]
 
 
 class GradCAM:
-    """Context manager: hooks `layer` (default `gradcam_layer(model)`) and unhooks on exit."""
+    """Context manager: hooks `layer` (a module or a sequence of them; default
+    `ml.models.gradcam_layers(model)`) and unhooks on exit."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Module | Sequence[nn.Module] | None = None,
+                 *, method: str = DEFAULT_METHOD) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method is one of {', '.join(METHODS)}; got {method!r}")
         self.model = model
-        self.layer = layer if layer is not None else gradcam_layer(model)
-        self._handle = None
-        self._activation: torch.Tensor | None = None
+        self.method = method
+        if layer is None:
+            self.layers = gradcam_layers(model)
+        elif isinstance(layer, nn.Module):
+            self.layers = [layer]
+        else:
+            self.layers = list(layer)
+        if not self.layers:
+            raise ValueError("Grad-CAM needs at least one layer")
+        self._handles: list = []
+        self._activations: dict[int, torch.Tensor] = {}
         self._explaining = False  # set while __call__ runs its forward
         self.logits: np.ndarray | None = None
         self.attention: list[np.ndarray] = []
 
+    @property
+    def layer(self) -> nn.Module:
+        """The first hooked layer."""
+        return self.layers[0]
+
     def __enter__(self) -> GradCAM:
-        self._handle = self.layer.register_forward_hook(self._keep)
+        self._handles = [layer.register_forward_hook(functools.partial(self._keep, k))
+                         for k, layer in enumerate(self.layers)]
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._activation = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._activations = {}
 
-    def _keep(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+    def _keep(self, k: int, module: nn.Module, inputs, output: torch.Tensor
+              ) -> torch.Tensor | None:
         if not self._explaining or (torch.is_grad_enabled() and output.requires_grad):
-            self._activation = output  # another forward in the block, or one with a graph
+            self._activations[k] = output  # another forward in the block, or one with a graph
             return None
         # the forward so far ran without autograd: record from here on (the caller's
         # `no_grad` block restores its mode when the forward returns), from a leaf that holds
         # the layer's output; the clone passed on keeps in-place ops after the layer off it
         torch.set_grad_enabled(True)
-        self._activation = output.detach().requires_grad_(True)
-        return self._activation.clone()
+        self._activations[k] = output.detach().requires_grad_(True)
+        return self._activations[k].clone()
 
     def __call__(
         self, x: torch.Tensor, target: int | Sequence[int] | None = None
@@ -84,32 +127,36 @@ class GradCAM:
         an int or one int per clip names the class. With one logit, target 0 explains "benign"
         (the negated logit) and 1 "malignant".
         """
-        if self._handle is None:
+        if not self._handles:
             raise RuntimeError("use GradCAM inside a `with` block")
         was_training = self.model.training
         self.model.eval()  # batch-norm statistics of the model, not of this batch
         try:
             # works even when the caller is in inference_mode or no_grad; the hook turns
-            # autograd on at the layer
+            # autograd on at the (first) layer
             with torch.inference_mode(False), torch.no_grad():
-                self._activation = None
+                self._activations = {}
                 self._explaining = True
                 try:
                     logits = self.model(x)  # (B, K)
                 finally:
                     self._explaining = False
-                act = self._activation
-                if act is None:
+                missing = [k for k in range(len(self.layers)) if k not in self._activations]
+                if missing:
                     raise RuntimeError("the Grad-CAM layer did not run in the forward pass")
+                acts = [self._activations[k] for k in range(len(self.layers))]
                 score = _target_score(logits, target)
-            (grad,) = torch.autograd.grad(score, act)
-            heat = _grad_cam(act.detach().float(), grad.float(), tuple(x.shape[2:]))
+            grads = torch.autograd.grad(score, acts)
+            size = tuple(x.shape[2:])
+            cam = sum(_upsample(_layer_cam(a.detach().float(), g.float(), self.method), size)
+                      for a, g in zip(acts, grads, strict=True))
+            heat = _normalise(cam[:, 0])
             attention = [
                 _upsample(a.detach().float(), tuple(x.shape[2:]))[:, 0]
                 for a in getattr(self.model, "attention_maps", None) or []
             ]
         finally:
-            self._activation = None
+            self._activations = {}
             self.model.train(was_training)
         self.logits = logits.detach().float().cpu().numpy()
         self.attention = [a.cpu().numpy() for a in attention]
@@ -141,16 +188,20 @@ def _upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(m, size=size, mode=mode, align_corners=False)
 
 
-def _grad_cam(act: torch.Tensor, grad: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    axes = tuple(range(2, act.ndim))
-    weights = grad.mean(dim=axes, keepdim=True)  # (B, C, 1, 1, 1)
-    cam = F.relu((weights * act).sum(dim=1, keepdim=True))  # (B, 1, T', H', W')
-    cam = _upsample(cam, size)[:, 0]  # (B, T, H, W)
+def _layer_cam(act: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
+    """(B, 1, T', H', W') map of one layer on its own grid, before normalisation."""
+    if method == "gradcam":
+        grad = grad.mean(dim=tuple(range(2, act.ndim)), keepdim=True)  # (B, C, 1, 1, 1)
+    return F.relu((grad * act).sum(dim=1, keepdim=True))
+
+
+def _normalise(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1] per clip; a flat map carries no location: all zeros, not 0 / 0."""
+    ones = [1] * (cam.ndim - 1)
     flat = cam.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, *([1] * len(size)))
-    hi = flat.max(dim=1).values.view(-1, *([1] * len(size)))
+    lo = flat.min(dim=1).values.view(-1, *ones)
+    hi = flat.max(dim=1).values.view(-1, *ones)
     span = hi - lo
-    # a flat map carries no location: all zeros rather than 0 / 0
     return torch.where(span > 1e-12, (cam - lo) / span.clamp_min(1e-12), torch.zeros_like(cam))
 
 

@@ -67,11 +67,13 @@ def spec_of(config: Mapping) -> ClipSpec:
     return ClipSpec.from_dict(config["spec"])
 
 
-def gradcam_layer_of(model: nn.Module, config: Mapping) -> nn.Module | None:
-    """The layer the run's config names for Grad-CAM (`train.gradcam_layer`), or None for the
-    model's default (`ml.models.gradcam_layer`)."""
-    name = config.get("train", {}).get("gradcam_layer") or ""
-    return model.get_submodule(name) if name else None
+def gradcam_layer_of(model: nn.Module, config: Mapping) -> list[nn.Module] | None:
+    """The layers the run's config names for Grad-CAM (`train.gradcam_layer`, comma-separated
+    for a seed ensemble's members), or None for the model's default
+    (`ml.models.gradcam_layers`)."""
+    names = [n.strip() for n in (config.get("train", {}).get("gradcam_layer") or "").split(",")]
+    names = [n for n in names if n]
+    return [model.get_submodule(n) for n in names] if names else None
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -173,19 +175,21 @@ class Heatmaps:
 
 
 def input_heatmaps(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module | None = None, views: int = 1
+    model: nn.Module, x: torch.Tensor, layer: nn.Module | list[nn.Module] | None = None,
+    views: int = 1, method: str | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, list[np.ndarray]]:
     """(logits (B, 1), Grad-CAM, attention maps) for an input batch; the maps are
     (B, T, H, W) (or (B, H, W)) on the input grid, Grad-CAM in [0, 1] per case. With `views`,
     each temporal view is explained on its own (Grad-CAM normalised per view) and its maps
-    go back to the view's frames; the logits are the views' mean."""
-    from ml.gradcam import GradCAM
+    go back to the view's frames; the logits are the views' mean. `method`: `ml.gradcam`'s
+    (None: its default)."""
+    from ml.gradcam import DEFAULT_METHOD, GradCAM
 
     parts = temporal_views(x, views)
     heat = np.zeros((x.shape[0], *x.shape[2:]), np.float32)
     attention: list[np.ndarray] = []
     total = None
-    with GradCAM(model, layer) as gc:
+    with GradCAM(model, layer, method=method or DEFAULT_METHOD) as gc:
         for v, part in enumerate(parts):
             h, logits = gc(part)
             frames = slice(v, None, len(parts)) if len(parts) > 1 else slice(None)
@@ -230,7 +234,8 @@ def predict_with_heatmaps(
     clip: np.ndarray,
     spec: ClipSpec,
     boxes: np.ndarray | None = None,
-    layer: nn.Module | None = None,
+    layer: nn.Module | list[nn.Module] | None = None,
+    method: str | None = None,
 ) -> Heatmaps:
     """Probability, Grad-CAM and attention maps for one stored clip (T, H, W) uint8, on the
     clip's own grid whatever size the model learnt from."""
@@ -238,7 +243,7 @@ def predict_with_heatmaps(
     clip, boxes = match_clip_size(clip, spec, boxes)
     prep = prepare_clip(clip, spec, boxes=boxes)
     x = torch.from_numpy(prep["clip"])[None].to(_device(model))
-    logits, heat, att = input_heatmaps(model, x, layer, spec.temporal_views)
+    logits, heat, att = input_heatmaps(model, x, layer, spec.temporal_views, method)
     if spec.flip_average:  # the heatmaps stay those of the clip as shown
         with torch.no_grad():
             mirror = logits_of(model, torch.flip(x, dims=[-1]), False, spec.temporal_views)

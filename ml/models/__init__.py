@@ -42,6 +42,7 @@ __all__ = [
     "focus_loss",
     "create_model",
     "gradcam_layer",
+    "gradcam_layers",
     "parameter_count",
 ]
 
@@ -117,16 +118,25 @@ def create_model(
     return model
 
 
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM hooks by default: the last conv block before global pooling."""
+def gradcam_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers Grad-CAM hooks by default: the model's `gradcam_layer_names` (a seed
+    ensemble: each member's layer), else its `gradcam_layer_name`, else the last conv layer."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    names = getattr(model, "gradcam_layer_names", None)
+    if names:
+        return [model.get_submodule(name) for name in names]
     name = getattr(model, "gradcam_layer_name", None)
     if name is not None:
-        return model.get_submodule(name)
+        return [model.get_submodule(name)]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no conv layer for Grad-CAM")
-    return convs[-1]
+    return [convs[-1]]
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The first of `gradcam_layers(model)` (for a single network, its only one)."""
+    return gradcam_layers(model)[0]
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -24,11 +24,11 @@ class SeedEnsemble(nn.Module):
         self.spatial_dims = int(getattr(first, "spatial_dims", 3))
         self.arch = getattr(first, "arch", None)
         self.config_name = getattr(first, "config_name", None)
-        # Grad-CAM of the ensemble's score on the first member's layer: the gradient of the
-        # mean reaches each member's own activations only.
+        # Grad-CAM of the ensemble's score on every member's own layer (ml.gradcam adds the
+        # maps): the gradient of the mean reaches each member's activations only.
         layer = getattr(first, "gradcam_layer_name", None)
         if layer is not None:
-            self.gradcam_layer_name = f"members.0.{layer}"
+            self.gradcam_layer_names = [f"members.{k}.{layer}" for k in range(len(members))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)

@@ -131,6 +131,13 @@ def test_dataset_train_evaluate_compare_gradcam_stats(workspace, capsys):
     h = np.load(heat)
     assert h.shape == (12, 48, 48) and h.dtype == np.float16
     assert 0 <= json.loads(out)["probability"] <= 1
+    assert json.loads(out)["method"] == "hirescam"
+    classic = workspace / "classic.npy"
+    code, out = run_cli(capsys, "gradcam", "--run", run, "--clip", data / malignant.clip,
+                        "--boxes", data / malignant.boxes, "--out", classic,
+                        "--method", "gradcam")
+    assert code == 0 and json.loads(out)["method"] == "gradcam"
+    assert np.load(classic).shape == h.shape
 
     code, out = run_cli(capsys, "stats", "roc-ci", "--csv", run / "predictions.csv",
                         "--truth", "label", "--score", "probability")
@@ -169,6 +176,13 @@ def test_bench_delegates(capsys):
         main(["bench", "--help"])
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_the_cli_offers_every_heatmap_method_default_first():
+    from ml import cli, gradcam
+
+    assert set(cli.HEATMAP_METHODS) == set(gradcam.METHODS)
+    assert cli.HEATMAP_METHODS[0] == gradcam.DEFAULT_METHOD
 
 
 def test_module_entry_point():

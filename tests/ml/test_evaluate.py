@@ -118,7 +118,8 @@ def test_evaluate_run_writes_documented_keys(runs):
         block = m[split]
         keys = {"n", "n_malignant", "auroc", "auroc_ci", "threshold", "sensitivity",
                 "sensitivity_ci", "specificity", "specificity_ci", "ppv", "npv", "accuracy",
-                "accuracy_ci", "counts", "brier", "centres", "localisation"}
+                "accuracy_ci", "counts", "brier", "centres", "localisation",
+                "localisation_gradcam"}
         assert keys <= set(block), split
         rows = [p for p in preds if p["split"] == split]
         # the block's numbers are those of predictions.csv
@@ -127,9 +128,10 @@ def test_evaluate_run_writes_documented_keys(runs):
         for k in ("n", "n_malignant", "auroc", "counts", "sensitivity", "specificity"):
             assert block[k] == pytest.approx(expect[k], abs=1e-5), (split, k)
         assert set(block["centres"]) == {p["centre"] for p in rows}
-        loc = block["localisation"]["malignant"]
-        assert loc["n"] == block["n_malignant"]  # every malignant tiny case has a mark
-        assert 0 <= loc["energy_inside"] <= 1 and 0 < loc["energy_uniform"] < 1
+        for name in ("localisation", "localisation_gradcam"):  # HiResCAM, classic Grad-CAM
+            loc = block[name]["malignant"]
+            assert loc["n"] == block["n_malignant"]  # every malignant tiny case has a mark
+            assert 0 <= loc["energy_inside"] <= 1 and 0 < loc["energy_uniform"] < 1
     assert "localisation_attention" in m["external_test"]  # TinyNet has attention
 
 

@@ -109,6 +109,38 @@ def test_heatmap_follows_the_evidence_in_time_and_space():
     assert heat.max() == pytest.approx(1)
 
 
+def test_hirescam_keeps_the_evidence_where_grad_cam_spreads_it():
+    # the score is the brightest cell of a feature that is positive everywhere (a focus
+    # detector's maximum): only the patch moves the score. Grad-CAM weighs the whole feature by
+    # its mean gradient and paints all of it; HiResCAM weighs each cell by its own gradient.
+    class Peak(torch.nn.Module):
+        spatial_dims = 3
+        attention_maps: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.pool = torch.nn.AvgPool3d(2)
+            self.feature = torch.nn.Identity()
+
+        def forward(self, x):
+            return self.feature(self.pool(x)).amax(dim=(1, 2, 3, 4))[:, None]
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 12, 32, 32) * 0.5 + 0.1
+    x[:, :, 4:6, 8:12, 16:20] = 2.0
+    mask = np.zeros((1, 12, 32, 32), np.uint8)
+    mask[:, 4:6, 8:12, 16:20] = 1
+    model = Peak()
+    energy = {}
+    for method in ("hirescam", "gradcam"):
+        with GradCAM(model, layer=model.feature, method=method) as gc:
+            energy[method] = energy_inside_mask(gc.cam(x), mask).value[0]
+    assert energy["hirescam"] > 0.9
+    assert energy["gradcam"] < 0.5
+    with pytest.raises(ValueError, match="method is one of"):
+        GradCAM(model, method="saliency")
+
+
 def test_only_the_layers_after_the_hooked_one_record_a_graph():
     # the stem before the hooked layer needs no gradient: it runs without autograd, and the
     # heatmap is the one a graph through the whole network gives (computed here by hand)
@@ -118,7 +150,7 @@ def test_only_the_layers_after_the_hooked_one_record_a_graph():
     seen = []
     probe = model.stem.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     x = torch.rand(1, 1, 16, 64, 64)
-    with GradCAM(model) as gc:
+    with GradCAM(model, method="gradcam") as gc:
         heat, logits = gc(x, target=0)
         plain = model(x)  # another forward in the block is left as it is
     probe.remove()
@@ -135,6 +167,41 @@ def test_only_the_layers_after_the_hooked_one_record_a_graph():
     assert cam.max() > cam.min()  # a map with a place in it, not a flat one
     cam = (cam - cam.min()) / (cam.max() - cam.min())
     assert torch.allclose(heat, cam.detach(), atol=1e-5)
+
+
+def _member_map(member: torch.nn.Module, x: torch.Tensor, method: str) -> torch.Tensor:
+    """One member's map of its own logit on stage A, upsampled, not normalised."""
+    kept = {}
+    handle = member.stage_a.register_forward_hook(lambda m, i, o: kept.update(a=o))
+    try:
+        (grad,) = torch.autograd.grad(member(x)[:, 0].sum(), kept["a"])
+    finally:
+        handle.remove()
+    if method == "gradcam":
+        grad = grad.mean(dim=(2, 3, 4), keepdim=True)
+    cam = torch.relu((grad * kept["a"]).sum(1, keepdim=True))
+    return torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="trilinear",
+                                           align_corners=False)[:, 0].detach()
+
+
+@pytest.mark.parametrize("method", ["hirescam", "gradcam"])
+def test_an_ensemble_map_adds_every_members_map(method):
+    from ml.models.ensemble import SeedEnsemble
+
+    torch.manual_seed(0)
+    members = [create_model("irv2_cam").eval(), create_model("irv2_cam").eval()]
+    ensemble = SeedEnsemble(members)
+    x = torch.rand(1, 1, 8, 32, 32)
+    maps = [_member_map(m, x, method) for m in members]
+    total = maps[0] + maps[1]  # the mean's gradient halves both: the same after min-max
+    expected = (total - total.min()) / (total.max() - total.min())
+    first = (maps[0] - maps[0].min()) / (maps[0].max() - maps[0].min())
+    with GradCAM(ensemble, method=method) as gc:
+        heat = gc.cam(x)
+        assert gc.layers == [members[0].stage_a, members[1].stage_a]
+    assert _hook_count(ensemble) == 0
+    np.testing.assert_allclose(heat, expected.numpy(), atol=1e-5)
+    assert not np.allclose(heat, first.numpy(), atol=1e-2)  # not the first member's alone
 
 
 def test_tensor_call_works_under_inference_mode():

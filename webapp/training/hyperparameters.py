@@ -21,6 +21,8 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     help: str = ""
+    # a keyword of the architecture (`TrainConfig.model_options`), not a TrainConfig field
+    model_option: bool = False
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -40,6 +42,18 @@ PARAMETERS: tuple[Param, ...] = (
     Param("augment", bool, help="Training augmentation."),
     Param("roi", bool, help="Crop to the annotated nodule where a case has boxes (then "
                             "predictions crop to the accepted annotation's boxes too)."),
+    Param("temporal_views", int, 1, 8,
+          "Validation, evaluation and predictions score this many interleaved clips of the "
+          "sampled frames and average them (3D models): with 2, almost every calcification "
+          "focus of a sweep is seen."),
+    Param("flip_average", bool, help="Validation, evaluation and predictions also score the "
+                                     "left-right mirror of a clip and average the two."),
+    Param("members", int, 1, 8,
+          "A seed ensemble: this many networks (seeds seed, seed + 1, ...) trained side by "
+          "side, one process each; the score is their mean."),
+    Param("focus_head", bool, model_option=True,
+          help="A punctate-focus detector on stage A, taught by the punctate calcification "
+               "marks (InceptionResNetV2 models)."),
     Param("num_workers", int, 0, 64, "Data loader processes per GPU."),
     Param("log_every", int, 1, 100000, "Optimiser steps between loss points."),
 )
@@ -59,7 +73,25 @@ def defaults(preset: str) -> dict:
     from ml.train import make_config
 
     cfg = make_config(preset)
-    return {p.name: getattr(cfg, p.name) for p in PARAMETERS}
+    return {p.name: cfg.model_options.get(p.name, False) if p.model_option
+            else getattr(cfg, p.name) for p in PARAMETERS}
+
+
+def train_overrides(preset: str, hyperparameters: Mapping) -> dict:
+    """Clean hyperparameters as `ml.train.TrainConfig` overrides: the architecture's keywords
+    (focus_head) go into `model_options`, on top of the preset's."""
+    from ml.train import make_config
+
+    preset_options = make_config(preset).model_options
+    overrides, options = {}, {}
+    for k, v in hyperparameters.items():
+        if not (k in BY_NAME and BY_NAME[k].model_option):
+            overrides[k] = v
+        elif v or k in preset_options:  # "off" for an option the preset lacks changes nothing
+            options[k] = v
+    if options:
+        overrides["model_options"] = {**preset_options, **options}
+    return overrides
 
 
 def coerce(values: Mapping) -> tuple[dict, dict[str, list[str]]]:
@@ -100,8 +132,10 @@ def coerce(values: Mapping) -> tuple[dict, dict[str, list[str]]]:
 
 
 @functools.lru_cache(maxsize=256)
-def input_refusal(arch: str, preset: str, frames: int, size: int) -> str | None:
-    """Why `arch` cannot take clips of `frames` x `size` x `size`, or None when it can.
+def input_refusal(arch: str, preset: str, frames: int, size: int,
+                  options: tuple[tuple[str, object], ...] = ()) -> str | None:
+    """Why `arch` (built with the model `options`) cannot take clips of `frames` x `size` x
+    `size`, or None when it can.
 
     The network is built and run on PyTorch's meta device: shapes are checked, nothing is
     computed or allocated, so this costs well under a second even for the paper's sizes.
@@ -112,10 +146,13 @@ def input_refusal(arch: str, preset: str, frames: int, size: int) -> str | None:
 
     try:
         with torch.device("meta"):
-            model = create_model(arch, config=preset).eval()
+            model = create_model(arch, config=preset, **dict(options)).eval()
             dims = int(getattr(model, "spatial_dims", 3))
             shape = (1, 1, frames, size, size) if dims == 3 else (1, 1, size, size)
             model(torch.zeros(shape))
+    except TypeError:  # a keyword the architecture does not have
+        names = " or ".join(k.replace("_", " ") for k, _ in options)
+        return f"{arch} has no option {names}: only the InceptionResNetV2 models have one."
     except (RuntimeError, ValueError) as exc:
         what = f"{frames} frames of {size} x {size} pixels" if dims == 3 else \
             f"key frames of {size} x {size} pixels"
@@ -157,14 +194,21 @@ def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gp
         errors["gpus"] = [f"The number of GPUs must be between 1 and {max_gpus}."]
     clean, value_errors = coerce(hyperparameters)
     errors.update(value_errors)
+    if clean.get("members", 1) > 1 and isinstance(gpus, int) and gpus > 1:
+        errors["members"] = ["A seed ensemble trains its members side by side on one device: "
+                             "choose one GPU, or one member on several GPUs."]
     if errors:
         raise ConfigError(errors)
     try:
-        cfg = make_config(preset, arch=arch, **clean)
+        cfg = make_config(preset, arch=arch, **train_overrides(preset, clean))
     except (TypeError, ValueError) as exc:
         raise ConfigError({"__all__": [str(exc)]}) from exc
-    if refusal := input_refusal(arch, preset, cfg.frames, cfg.size):
-        field = "size" if "size" in clean or "frames" not in clean else "frames"
+    options = tuple(sorted((k, v) for k, v in cfg.model_options.items() if k in BY_NAME))
+    if refusal := input_refusal(arch, preset, cfg.frames, cfg.size, options):
+        if options and refusal.startswith(f"{arch} has no option"):
+            field = options[0][0]
+        else:
+            field = "size" if "size" in clean or "frames" not in clean else "frames"
         raise ConfigError({field: [refusal]})
     if counts is not None and (refusal := split_refusal(counts, cfg.min_per_class)):
         raise ConfigError({"snapshot": [refusal]})
@@ -175,4 +219,5 @@ def effective(preset: str, arch: str, hyperparameters: Mapping) -> dict:
     """The whole TrainConfig a run will use, for display."""
     from ml.train import make_config
 
-    return dataclasses.asdict(make_config(preset, arch=arch, **hyperparameters))
+    return dataclasses.asdict(make_config(preset, arch=arch,
+                                          **train_overrides(preset, hyperparameters)))

@@ -42,11 +42,14 @@ def train_command(
     *, data_dir: Path, run_dir: Path, arch: str, preset: str, hyperparameters: Mapping,
     gpus: int = 1, resume: bool = False, python: str = sys.executable,
 ) -> list[str]:
-    """The `python -m ml train` command line (through torchrun for more than one GPU)."""
+    """The `python -m ml train` command line (through torchrun for more than one GPU);
+    `hyperparameters` are TrainConfig overrides (`hyperparameters.train_overrides`)."""
     args = ["train", "--data", str(data_dir), "--out", str(run_dir), "--arch", arch,
             "--config", preset]
     for name, value in sorted(hyperparameters.items()):
-        if isinstance(value, bool):
+        if isinstance(value, dict):  # model_options, augment_options: JSON on the command line
+            args += [flag(name), json.dumps(value, sort_keys=True)]
+        elif isinstance(value, bool):
             args.append(flag(name) if value else "--no-" + name.replace("_", "-"))
         else:
             args += [flag(name), str(value)]

@@ -22,6 +22,10 @@ from webapp.training.models import TrainingRun
         ({"lr": 5}, "lr", "at most 1.0"),
         ({"augment": "yes"}, "augment", "must be a bool"),
         ({"device": "cuda:7"}, "device", "cannot be set here"),
+        ({"members": 0}, "members", "at least 1"),
+        ({"members": 9}, "members", "at most 8"),
+        ({"temporal_views": 0}, "temporal_views", "at least 1"),
+        ({"focus_head": "on"}, "focus_head", "must be a bool"),
     ],
 )
 def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
@@ -30,6 +34,50 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
                  counts=None)
     assert field in exc.value.errors
     assert reason in " ".join(exc.value.errors[field])
+
+
+@pytest.mark.parametrize(
+    ("arch", "values", "gpus", "field", "reason"),
+    [
+        ("r3d_18", {"focus_head": True}, 1, "focus_head",
+         "r3d_18 has no option focus head: only the InceptionResNetV2 models"),
+        ("irv2_cam", {"members": 2}, 2, "members", "side by side on one device"),
+    ],
+)
+def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason):
+    with pytest.raises(hp.ConfigError) as exc:
+        hp.check(arch=arch, preset="small", hyperparameters=values, gpus=gpus, max_gpus=8,
+                 counts=None)
+    assert reason in " ".join(exc.value.errors[field])
+
+
+@pytest.mark.parametrize(
+    ("arch", "values", "overrides"),
+    [
+        # the study's headline configuration (benchmarks/ml_headline.sh) from the web
+        ("irv2_cam", {"members": 2, "temporal_views": 2, "focus_head": True},
+         {"members": 2, "temporal_views": 2, "model_options": {"focus_head": True}}),
+        ("irv2_2d", {"focus_head": True}, {"model_options": {"focus_head": True}}),
+        # "off" for an option the preset does not set changes nothing, on any architecture
+        ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
+    ],
+)
+def test_options_become_the_training_configuration(arch, values, overrides):
+    from ml.cli import build_parser
+    from webapp.training import runner
+
+    clean = hp.check(arch=arch, preset="small", hyperparameters=values, gpus=1, max_gpus=8,
+                     counts=None)
+    assert clean == values
+    assert hp.train_overrides("small", clean) == overrides
+    effective = hp.effective("small", arch, clean)
+    for name, value in overrides.items():
+        assert effective[name] == value
+    command = runner.train_command(data_dir="d", run_dir="r", arch=arch, preset="small",
+                                   hyperparameters=hp.train_overrides("small", clean))
+    args = build_parser().parse_args(command[3:])
+    for name, value in overrides.items():
+        assert getattr(args, name) == value
 
 
 def test_an_input_the_architecture_cannot_take_is_refused_with_the_reason():

@@ -153,6 +153,25 @@ def test_launch_watch_register_promote_and_predict(workers, cohort, engineer, ap
     assert found.clip_shape == video.clip_shape
 
 
+def test_the_headline_configuration_trains_from_the_web(workers, cohort, engineer, api):
+    # a seed ensemble with the focus head and two temporal views (benchmarks/ml_headline.sh):
+    # its members' progress reaches the page epoch by epoch, and the joined model registers
+    snapshot = frozen_snapshot(engineer, cohort)
+    workers.start()
+    run_id = launch(api, snapshot, members=2, temporal_views=2, focus_head=True)
+    states = watch_polling(api, run_id, timeout=400)
+    run = run_row(run_id)
+    assert states[-1]["run"]["status"] == "succeeded", (run.failure_reason, workers.log())
+    assert "running" in {s["run"]["status"] for s in states}
+    assert sorted({p["epoch"] for p in states[-1]["epochs"]}) == [1, 2]
+    assert states[-1]["steps"], "the first member's steps reach the page"
+    version = ModelVersion.objects.get(run=run)
+    train = version.config["train"]
+    assert (train["members"], train["temporal_views"], train["model_options"]["focus_head"]) \
+        == (2, 2, True)
+    assert version.config["spec"]["temporal_views"] == 2
+
+
 def test_a_killed_worker_fails_the_run_which_resumes_from_its_checkpoint(
         workers, cohort, engineer, api):
     snapshot = frozen_snapshot(engineer, cohort)

@@ -396,7 +396,8 @@ class _Attempt:
                 self.start_afresh()
             command = runner.train_command(
                 data_dir=data, run_dir=self.dir, arch=run.arch, preset=run.preset,
-                hyperparameters=run.hyperparameters, gpus=run.gpus, resume=resume)
+                hyperparameters=hp.train_overrides(run.preset, run.hyperparameters),
+                gpus=run.gpus, resume=resume)
             code = self.supervise(command, runner.JsonlTail(self.dir / "metrics.jsonl"))
             if code != 0:
                 raise RunFailed(self.failure_from(code, "Training"))
