@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ml.data import ClipDataset, ClipSpec, DataError
+from ml.jsonl import JsonlTail
 
 log = logging.getLogger(__name__)
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -81,38 +82,20 @@ def train_ensemble(cfg, data_root: str | Path, run_dir: str | Path, *,
 class MemberProgress:
     """Relays the members' metrics logs into the ensemble's (see the module docstring).
 
-    Reads each member's `metrics.jsonl` from where it stopped; a resumed member's file repeats
-    epochs, and a finished member's file is read whole, so running the command again replays
-    every epoch once."""
+    Tails each member's `metrics.jsonl`; a resumed member's file repeats epochs, and a
+    finished member's file is read whole, so running the command again replays every epoch
+    once."""
 
     def __init__(self, dirs: list[Path], metrics) -> None:
-        self.paths = [d / "metrics.jsonl" for d in dirs]
+        self.tails = [JsonlTail(d / "metrics.jsonl") for d in dirs]
         self.metrics = metrics
-        self.offsets = [0] * len(dirs)
         self.epochs: list[dict[int, dict]] = [{} for _ in dirs]
         self.sent: set[int] = set()
         self.best, self.best_epoch = -math.inf, 0
 
-    def _read(self, k: int) -> list[dict]:
-        try:
-            with self.paths[k].open("rb") as f:
-                f.seek(self.offsets[k])
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
-        self.offsets[k] += end
-        events = []
-        for line in data[:end].splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue  # a torn line from a killed member
-        return events
-
     def poll(self) -> None:
-        for k in range(len(self.paths)):
-            for e in self._read(k):
+        for k, tail in enumerate(self.tails):
+            for e in tail.read():
                 if e.get("event") == "step" and k == 0:
                     self.metrics("step", **{key: v for key, v in e.items()
                                             if key not in ("event", "time")}, member=0)

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from ml.jsonl import JsonlTail  # noqa: F401  (the worker tails metrics.jsonl with it)
 
 PR_SET_PDEATHSIG = 1
 
@@ -138,38 +139,6 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-@dataclass
-class JsonlTail:
-    """Reads the complete lines appended to a JSON-lines file since the last call; a line
-    still being written (no newline yet) waits for the next call."""
-
-    path: Path
-    offset: int = 0
-    _partial: bytes = field(default=b"", repr=False)
-
-    def read(self) -> list[dict]:
-        try:
-            with self.path.open("rb") as f:
-                if os.fstat(f.fileno()).st_size < self.offset:  # replaced: start again
-                    self.offset, self._partial = 0, b""
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn line from a killed writer: skip it
-        return events
 
 
 def log_tail(path: Path, chars: int) -> str:
