@@ -22,8 +22,6 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ml.jsonl import JsonlTail  # noqa: F401  (the worker tails metrics.jsonl with it)
-
 PR_SET_PDEATHSIG = 1
 
 

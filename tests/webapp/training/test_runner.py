@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ml.jsonl import JsonlTail
 from tests.conftest import REPO, wait_for
 from webapp.training import runner
 
@@ -50,7 +51,7 @@ def test_train_command_is_what_ml_train_parses(tmp_path):
 
 def test_jsonl_tail_returns_each_complete_line_once(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    tail = runner.JsonlTail(path)
+    tail = JsonlTail(path)
     assert tail.read() == []  # not written yet
     with path.open("w") as f:
         f.write(json.dumps({"event": "start"}) + "\n" + '{"event": "st')

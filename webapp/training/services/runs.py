@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from annotations.models import AuditAction, User
 from annotations.services import audit_record
+from ml.jsonl import JsonlTail
 from webapp.training import hyperparameters as hp
 from webapp.training import runner
 from webapp.training.conf import setting, training_dir
@@ -321,7 +322,7 @@ class _Attempt:
 
     # -- Child processes
 
-    def supervise(self, command: list[str], tail: runner.JsonlTail | None) -> int:
+    def supervise(self, command: list[str], tail: JsonlTail | None) -> int:
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(settings.BASE_DIR),
                                                            os.environ.get("PYTHONPATH")])))
@@ -398,7 +399,7 @@ class _Attempt:
                 data_dir=data, run_dir=self.dir, arch=run.arch, preset=run.preset,
                 hyperparameters=hp.train_overrides(run.preset, run.hyperparameters),
                 gpus=run.gpus, resume=resume)
-            code = self.supervise(command, runner.JsonlTail(self.dir / "metrics.jsonl"))
+            code = self.supervise(command, JsonlTail(self.dir / "metrics.jsonl"))
             if code != 0:
                 raise RunFailed(self.failure_from(code, "Training"))
 
