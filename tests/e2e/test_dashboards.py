@@ -153,7 +153,7 @@ def test_an_empty_grad_cam_is_named_and_the_attention_map_shown(live_server, chr
               "&split=test")
     page.wait_for_function("document.querySelector('#player').dataset.heatmaps === 'loaded'")
     assert page.locator("#heatmap-status").inner_text() == (
-        "Grad-CAM is zero in every frame: showing the attention map")
+        "The heatmap is zero in every frame: showing the attention map")
     assert not page.is_checked("#show-gradcam") and page.is_checked("#show-attention")
     page.uncheck("#show-marks")
     show_frame(page, 20)

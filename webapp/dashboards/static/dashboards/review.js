@@ -192,15 +192,15 @@
       }
       $("#show-attention").disabled = state.K === 0;
       status.textContent = "";
-      // A Grad-CAM that is zero in every frame draws nothing (no channel of the last
-      // convolution argued for malignancy, as for many cases a model calls benign). Say so and
+      // A heatmap (HiResCAM) that is zero in every frame draws nothing (no location argued
+      // for malignancy, as for many cases a model calls benign). Say so and
       // show the attention map instead of an overlay that looks broken.
       var size = state.T * state.H * state.W, empty = true;
       for (var i = 0; i < size && empty; i++) { if (state.maps[i]) empty = false; }
       if (empty) {
         $("#show-gradcam").checked = false;
         if (state.K) $("#show-attention").checked = true;
-        status.textContent = "Grad-CAM is zero in every frame" +
+        status.textContent = "The heatmap is zero in every frame" +
           (state.K ? ": showing the attention map" : "");
       }
       document.getElementById("player").dataset.heatmaps = "loaded";
