@@ -90,11 +90,6 @@ class GradCAM:
         self.logits: np.ndarray | None = None
         self.attention: list[np.ndarray] = []
 
-    @property
-    def layer(self) -> nn.Module:
-        """The first hooked layer."""
-        return self.layers[0]
-
     def __enter__(self) -> GradCAM:
         self._handles = [layer.register_forward_hook(functools.partial(self._keep, k))
                          for k, layer in enumerate(self.layers)]
@@ -141,8 +136,7 @@ class GradCAM:
                     logits = self.model(x)  # (B, K)
                 finally:
                     self._explaining = False
-                missing = [k for k in range(len(self.layers)) if k not in self._activations]
-                if missing:
+                if len(self._activations) < len(self.layers):
                     raise RuntimeError("the Grad-CAM layer did not run in the forward pass")
                 acts = [self._activations[k] for k in range(len(self.layers))]
                 score = _target_score(logits, target)
