@@ -56,6 +56,10 @@ class IRv2Config:
     focus_head: bool = False
     focus_level: str = "A"  # where the focus head reads: "A" (1/8, after stage A) or "stem"
     # (1/4 of the input and every frame, after the stem's conv4a: finer for 1-2 px foci)
+    # A third focus feature, log(1 + the sum of the cells' focus probabilities): the expected
+    # number of focus cells. The peak and the soft maximum follow the brightest focus; the
+    # count is what separates a benign nodule's stray focus from a malignant one's several.
+    focus_count: bool = False
 
 
 PRESETS = {
@@ -71,12 +75,16 @@ STEM_CONV4A = 5  # index of conv4a in `Stem`: the last layer at 1/4 of the input
 FOCUS_EVIDENCE = 2  # features the focus map adds: its peak and its soft maximum
 
 
-def focus_evidence(logits: torch.Tensor) -> torch.Tensor:
+def focus_evidence(logits: torch.Tensor, count: bool = False) -> torch.Tensor:
     """(B, 1, ...) focus logits -> (B, 2): the strongest cell and a soft maximum over all
-    cells (log-mean-exp), which grows with the number of cells that respond."""
+    cells (log-mean-exp), which grows with the number of cells that respond; with `count`
+    (B, 3): and log(1 + sum of the cells' probabilities), the expected number of focus cells."""
     flat = logits.flatten(1).float()
     soft = torch.logsumexp(flat, dim=1) - math.log(flat.shape[1])
-    return torch.stack([flat.amax(dim=1), soft], dim=1).to(logits.dtype)
+    features = [flat.amax(dim=1), soft]
+    if count:
+        features.append(torch.log1p(torch.sigmoid(flat).sum(dim=1)))
+    return torch.stack(features, dim=1).to(logits.dtype)
 
 
 class _Builder:
@@ -282,6 +290,8 @@ class InceptionResNetV2(nn.Module):
         self.stage_a = self._stage(b, "A", [BlockA(b, c, s_a) for _ in range(n_a)], c)
         if cfg.focus_level not in ("A", "stem"):
             raise ValueError(f"focus_level is 'A' or 'stem'; got {cfg.focus_level!r}")
+        if cfg.focus_count and not cfg.focus_head:
+            raise ValueError("focus_count needs focus_head")
         self.focus_head: nn.Module | None = None
         if cfg.focus_head:
             source = c if cfg.focus_level == "A" else b.ch(192)  # stage A or conv4a channels
@@ -303,8 +313,8 @@ class InceptionResNetV2(nn.Module):
         self.num_features = b.ch(1536) * (2 if cfg.pooling == "avgmax" else 1)
         self.pool = global_avg_pool(spatial_dims)
         self.dropout = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(self.num_features + (FOCUS_EVIDENCE if cfg.focus_head else 0),
-                            num_classes)
+        evidence = (FOCUS_EVIDENCE + cfg.focus_count) if cfg.focus_head else 0
+        self.fc = nn.Linear(self.num_features + evidence, num_classes)
 
     def _stage(self, b: _Builder, name: str, blocks: list[nn.Module], c: int) -> nn.Sequential:
         if name in self.cfg.attention:
@@ -351,5 +361,6 @@ class InceptionResNetV2(nn.Module):
             pooled = torch.cat([pooled, x.flatten(2).amax(2)], dim=1)  # (B, 3072)
         pooled = self.dropout(pooled)
         if self.focus_head is not None:
-            pooled = torch.cat([pooled, focus_evidence(self.focus_logits)], dim=1)
+            evidence = focus_evidence(self.focus_logits, self.cfg.focus_count)
+            pooled = torch.cat([pooled, evidence], dim=1)
         return self.fc(pooled)  # (B, K)

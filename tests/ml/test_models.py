@@ -18,6 +18,7 @@ from ml.models import (
     gradcam_layer,
     parameter_count,
 )
+from ml.models.inception_resnet import focus_evidence
 
 TINY_3D = (2, 1, 8, 32, 32)
 TINY_2D = (2, 1, 32, 32)
@@ -249,6 +250,29 @@ def test_focus_head_maps_its_level_and_feeds_the_classifier(level, grid):
     assert create_model("irv2_cam").focus_logits is None
     with pytest.raises(ValueError, match="focus_level"):
         create_model("irv2_cam", focus_head=True, focus_level="B")
+
+
+def test_focus_count_is_the_expected_number_of_focus_cells():
+    # one confident cell and one, three or six: the peak and the soft maximum barely move
+    # after the second, the count keeps rising (log(1 + n))
+    def evidence(n_cells):
+        logits = torch.full((1, 1, 4, 8, 8), -30.0)
+        logits.view(-1)[:n_cells] = 30.0
+        return focus_evidence(logits, count=True)[0]
+
+    one, three, six = evidence(1), evidence(3), evidence(6)
+    assert one[0] == three[0] == six[0]  # the peak
+    assert torch.allclose(torch.stack([one[2], three[2], six[2]]),
+                          torch.log1p(torch.tensor([1.0, 3.0, 6.0])))
+    assert focus_evidence(torch.zeros(2, 1, 4, 8, 8)).shape == (2, 2)
+
+
+def test_focus_count_adds_a_classifier_input():
+    model = create_model("irv2_cam", focus_head=True, focus_count=True)
+    assert model.fc.in_features == model.num_features + 3
+    assert model(torch.rand(2, 1, 16, 64, 64)).shape == (2, 1)
+    with pytest.raises(ValueError, match="focus_count needs focus_head"):
+        create_model("irv2_cam", focus_count=True)
 
 
 def test_focus_loss_learns_punctate_marks_only():
