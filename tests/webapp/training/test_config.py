@@ -26,6 +26,7 @@ from webapp.training.models import TrainingRun
         ({"members": 9}, "members", "at most 8"),
         ({"temporal_views": 0}, "temporal_views", "at least 1"),
         ({"focus_head": "on"}, "focus_head", "must be a bool"),
+        ({"focus_loss_weight": -1}, "focus_loss_weight", "at least 0.0"),
     ],
 )
 def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
@@ -42,6 +43,9 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
         ("r3d_18", {"focus_head": True}, 1, "focus_head",
          "r3d_18 has no option focus head: only the InceptionResNetV2 models"),
         ("irv2_cam", {"members": 2}, 2, "members", "side by side on one device"),
+        ("irv2_cam", {"focus_count": True}, 1, "focus_count", "turn the focus head on too"),
+        ("r3d_18", {"focus_head": True, "focus_count": True}, 1, "focus_count",
+         "r3d_18 has no option focus count or focus head"),
     ],
 )
 def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason):
@@ -58,6 +62,9 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
         ("irv2_cam", {"members": 2, "temporal_views": 2, "focus_head": True},
          {"members": 2, "temporal_views": 2, "model_options": {"focus_head": True}}),
         ("irv2_2d", {"focus_head": True}, {"model_options": {"focus_head": True}}),
+        ("irv2_cam", {"focus_head": True, "focus_count": True, "focus_loss_weight": 5.0},
+         {"focus_loss_weight": 5.0,
+          "model_options": {"focus_head": True, "focus_count": True}}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],
