@@ -6,6 +6,8 @@ For each split of the run's dataset (`val`, `internal_test`, `external_test`), s
 evaluation scores it (the run's temporal views, every member of a seed ensemble):
 
 - `auroc`: the model's own score (mean logit over views and members);
+- `evidence_logit_auroc` and `trunk_auroc` (models with `focus_logit` only): the evidence's
+  own logit and the rest of the score (the trunk's logit) on their own;
 - `evidence_auroc`: each focus feature on its own (`peak`, `soft` maximum, `count`, the
   features `ml.models.inception_resnet.focus_evidence` gives the classifier, averaged over views
   and members), against the label;
@@ -20,7 +22,7 @@ evaluation scores it (the run's temporal views, every member of a seed ensemble)
 `--cases SPLIT` also prints one line per case of that split, strongest focus first.
 
 Writes RUN/focus_diagnostics.json and prints it. The ml package's docs/ml-results.md quotes
-the figures ("Fifth round"). A diagnostic, not a test: it needs a trained run with
+the figures ("Fifth round", "Sixth round"). A diagnostic, not a test: it needs a trained run with
 `focus_head` and its dataset.
 """
 
@@ -59,10 +61,12 @@ def score_case(model, item: dict, views: int) -> tuple[dict, np.ndarray | None, 
     members = _members(model)
     x = item["clip"][None]
     punctate = np.isin(item["mask"].numpy(), PUNCTATE_CODES)
-    logit, evidence, cells, targets = 0.0, [], [], []
+    logit, evidence_logit, evidence, cells, targets = 0.0, 0.0, [], [], []
     for v, clip in enumerate(temporal_views(x, views)):
         for k, member in enumerate(members):
             logit += float(member(clip)[0, 0])
+            if getattr(member, "evidence_logits", None) is not None:
+                evidence_logit += float(member.evidence_logits[0, 0])
             focus = member.focus_logits
             if focus is None:
                 raise SystemExit("this run's model has no focus head")
@@ -75,6 +79,7 @@ def score_case(model, item: dict, views: int) -> tuple[dict, np.ndarray | None, 
     n = views * len(members)
     mean = np.mean(evidence, axis=0)
     row = {"case_id": item["case_id"], "label": int(item["label"]), "logit": logit / n,
+           "evidence_logit": evidence_logit / n, "trunk_logit": (logit - evidence_logit) / n,
            **{f: float(mean[i]) for i, f in enumerate(FEATURES)},
            "true_count": int(ndimage.label(punctate)[1]) if bool(item["has_mask"]) else None}
     if not cells:
@@ -95,6 +100,10 @@ def summarise(rows: list[dict], cells: list[np.ndarray], targets: list[np.ndarra
         "spearman_count": round(float(spearmanr([r["count"] for r in marked],
                                                 [r["true_count"] for r in marked])[0]), 3),
     }
+    if any(r["evidence_logit"] != 0.0 for r in rows):  # a model with `focus_logit`
+        for part in ("evidence_logit", "trunk"):
+            scores = [r[part if part == "evidence_logit" else "trunk_logit"] for r in rows]
+            out[f"{part}_auroc"] = round(roc_auc_score(labels, scores), 3)
     if cells:
         out["cell_auroc"] = round(roc_auc_score(np.concatenate(targets) > 0.5,
                                                 np.concatenate(cells)), 3)

@@ -84,6 +84,8 @@ class TrainConfig:
     # used only when the batch has masks and the model has attention maps
     focus_loss_weight: float = 1.0  # supervision of a focus head (IRv2 `focus_head`) by the
     # punctate marks; used only when the model has one and the batch has masks
+    evidence_loss_weight: float = 1.0  # classification loss on the focus evidence's own
+    # logit (IRv2 `focus_logit`), so that the evidence separates the classes by itself
     attention_target: str = "calcifications"  # which marks the maps learn: "calcifications"
     # (punctate, macro and rim) or "punctate" (the malignancy sign only)
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
@@ -447,6 +449,10 @@ def train_one_epoch(
 
                     loss = loss + cfg.focus_loss_weight * focus_loss(
                         focus, batch["mask"], batch["has_mask"])
+                evidence = getattr(raw_model, "evidence_logits", None)
+                if evidence is not None and cfg.evidence_loss_weight > 0:
+                    loss = loss + cfg.evidence_loss_weight * F.binary_cross_entropy_with_logits(
+                        evidence[:, 0].float(), batch["label"].float())
             scaler.scale(loss / cfg.grad_accum).backward()
         total += float(loss.detach()) * len(batch["label"])
         count += len(batch["label"])

@@ -60,6 +60,13 @@ class IRv2Config:
     # number of focus cells. The peak and the soft maximum follow the brightest focus; the
     # count is what separates a benign nodule's stray focus from a malignant one's several.
     focus_count: bool = False
+    # The focus evidence gets its own linear logit, added to the trunk's, and exposed as
+    # `evidence_logits` so that training can give it a classification loss of its own
+    # (`TrainConfig.evidence_loss_weight`). The evidence must then separate the classes by
+    # itself, and the trunk only adds what it misses: on the synthetic data the punctate
+    # foci carry from one centre to another, the trunk's other cues do not
+    # (docs/ml-results.md, "Sixth round").
+    focus_logit: bool = False
 
 
 PRESETS = {
@@ -292,6 +299,8 @@ class InceptionResNetV2(nn.Module):
             raise ValueError(f"focus_level is 'A' or 'stem'; got {cfg.focus_level!r}")
         if cfg.focus_count and not cfg.focus_head:
             raise ValueError("focus_count needs focus_head")
+        if cfg.focus_logit and not cfg.focus_head:
+            raise ValueError("focus_logit needs focus_head")
         self.focus_head: nn.Module | None = None
         if cfg.focus_head:
             source = c if cfg.focus_level == "A" else b.ch(192)  # stage A or conv4a channels
@@ -314,6 +323,11 @@ class InceptionResNetV2(nn.Module):
         self.pool = global_avg_pool(spatial_dims)
         self.dropout = nn.Dropout(cfg.drop_rate)
         evidence = (FOCUS_EVIDENCE + cfg.focus_count) if cfg.focus_head else 0
+        self.evidence_fc: nn.Linear | None = None
+        self.evidence_logits: torch.Tensor | None = None
+        if cfg.focus_logit:
+            self.evidence_fc = nn.Linear(evidence, num_classes)
+            evidence = 0  # the trunk's classifier reads the pooled features only
         self.fc = nn.Linear(self.num_features + evidence, num_classes)
 
     def _stage(self, b: _Builder, name: str, blocks: list[nn.Module], c: int) -> nn.Sequential:
@@ -360,7 +374,10 @@ class InceptionResNetV2(nn.Module):
         if self.cfg.pooling == "avgmax":
             pooled = torch.cat([pooled, x.flatten(2).amax(2)], dim=1)  # (B, 3072)
         pooled = self.dropout(pooled)
-        if self.focus_head is not None:
-            evidence = focus_evidence(self.focus_logits, self.cfg.focus_count)
-            pooled = torch.cat([pooled, evidence], dim=1)
-        return self.fc(pooled)  # (B, K)
+        if self.focus_head is None:
+            return self.fc(pooled)  # (B, K)
+        evidence = focus_evidence(self.focus_logits, self.cfg.focus_count)  # (B, 2 or 3)
+        if self.evidence_fc is None:
+            return self.fc(torch.cat([pooled, evidence], dim=1))
+        self.evidence_logits = self.evidence_fc(evidence)  # (B, K)
+        return self.fc(pooled) + self.evidence_logits

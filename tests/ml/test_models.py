@@ -275,6 +275,23 @@ def test_focus_count_adds_a_classifier_input():
         create_model("irv2_cam", focus_count=True)
 
 
+def test_focus_logit_is_added_to_the_trunks_and_exposed_for_its_own_loss():
+    model = create_model("irv2_cam", focus_head=True, focus_count=True, focus_logit=True)
+    assert model.fc.in_features == model.num_features  # the trunk reads pooled features only
+    assert model.evidence_fc.in_features == 3
+    model.eval()
+    x = torch.rand(2, 1, 16, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+        trunk = model.fc(torch.cat([model.pool(model.forward_features(x)).flatten(1),
+                                    model.forward_features(x).flatten(2).amax(2)], dim=1))
+    assert model.evidence_logits.shape == (2, 1)
+    assert torch.allclose(logits, trunk + model.evidence_logits, atol=1e-5)
+    assert create_model("irv2_cam", focus_head=True).evidence_logits is None
+    with pytest.raises(ValueError, match="focus_logit needs focus_head"):
+        create_model("irv2_cam", focus_logit=True)
+
+
 def test_focus_loss_learns_punctate_marks_only():
     mask = _mask_with_focus()  # a punctate focus, a macrocalcification, a comet tail
     shape = (4, 8, 8)

@@ -154,6 +154,33 @@ def test_no_attention_loss_when_weight_is_zero(tiny, tmp_path, tiny_models):
     assert all(e["attention_loss"] is None for e in steps)
 
 
+class TinyEvidenceNet(TinyNet):
+    """TinyNet with a second logit of its own, as IRv2's `focus_logit` exposes."""
+
+    def __init__(self, spatial_dims: int = 3):
+        super().__init__(spatial_dims)
+        self.evidence_fc = nn.Linear(1, 1)
+        self.evidence_logits = None
+
+    def forward(self, x):
+        self.evidence_logits = self.evidence_fc(x.flatten(1).amax(1, keepdim=True))
+        return super().forward(x) + self.evidence_logits
+
+
+def test_the_evidence_logit_has_a_classification_loss_of_its_own(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "build_model", lambda cfg: TinyEvidenceNet())
+
+    def first_loss(weight: float) -> float:
+        run = tmp_path / f"run-{weight}"
+        train(tiny_config(epochs=1, evidence_loss_weight=weight, attention_loss_weight=0.0),
+              tiny, run)
+        return next(e["loss"] for e in _events(run) if e["event"] == "step")
+
+    # same seed, same first batch and weights: the weighted BCE of the evidence logit adds on
+    alone, weighted = first_loss(0.0), first_loss(5.0)
+    assert weighted > alone + 0.5
+
+
 class Interrupt(Exception):
     pass
 

@@ -57,8 +57,14 @@ PARAMETERS: tuple[Param, ...] = (
     Param("focus_count", bool, model_option=True,
           help="The classifier also reads the focus head's expected number of foci, not only "
                "its strongest ones (needs the focus head)."),
+    Param("focus_logit", bool, model_option=True,
+          help="The focus head's evidence gets a logit of its own, added to the network's "
+               "and taught to classify by itself (needs the focus head)."),
     Param("focus_loss_weight", float, 0.0, 100.0,
           "Weight of the focus head's supervision by the punctate marks."),
+    Param("evidence_loss_weight", float, 0.0, 100.0,
+          "Weight of the classification loss on the focus evidence's own logit (with "
+          "focus logit)."),
     Param("num_workers", int, 0, 64, "Data loader processes per GPU."),
     Param("log_every", int, 1, 100000, "Optimiser steps between loss points."),
 )
@@ -84,7 +90,7 @@ def defaults(preset: str) -> dict:
 
 def train_overrides(preset: str, hyperparameters: Mapping) -> dict:
     """Clean hyperparameters as `ml.train.TrainConfig` overrides: the architecture's keywords
-    (focus_head, focus_count) go into `model_options`, on top of the preset's."""
+    (focus_head, focus_count, focus_logit) go into `model_options`, on top of the preset's."""
     from ml.train import make_config
 
     preset_options = make_config(preset).model_options
@@ -209,9 +215,15 @@ def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gp
     except (TypeError, ValueError) as exc:
         raise ConfigError({"__all__": [str(exc)]}) from exc
     options = tuple(sorted((k, v) for k, v in cfg.model_options.items() if k in BY_NAME))
-    if dict(options).get("focus_count") and not dict(options).get("focus_head"):
-        raise ConfigError({"focus_count": ["The focus count is read from the focus head's "
-                                           "map: turn the focus head on too."]})
+    needs_head = {
+        "focus_count": "The focus count is read from the focus head's map: turn the focus "
+                       "head on too.",
+        "focus_logit": "The focus logit is read from the focus head's map: turn the focus "
+                       "head on too.",
+    }
+    if head_errors := {k: [why] for k, why in needs_head.items()
+                       if dict(options).get(k) and not dict(options).get("focus_head")}:
+        raise ConfigError(head_errors)
     if refusal := input_refusal(arch, preset, cfg.frames, cfg.size, options):
         if options and refusal.startswith(f"{arch} has no option"):
             field = options[0][0]

@@ -27,6 +27,8 @@ from webapp.training.models import TrainingRun
         ({"temporal_views": 0}, "temporal_views", "at least 1"),
         ({"focus_head": "on"}, "focus_head", "must be a bool"),
         ({"focus_loss_weight": -1}, "focus_loss_weight", "at least 0.0"),
+        ({"evidence_loss_weight": 101}, "evidence_loss_weight", "at most 100.0"),
+        ({"focus_logit": 1}, "focus_logit", "must be a bool"),
     ],
 )
 def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
@@ -44,6 +46,9 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
          "r3d_18 has no option focus head: only the InceptionResNetV2 models"),
         ("irv2_cam", {"members": 2}, 2, "members", "side by side on one device"),
         ("irv2_cam", {"focus_count": True}, 1, "focus_count", "turn the focus head on too"),
+        ("irv2_cam", {"focus_logit": True}, 1, "focus_logit", "turn the focus head on too"),
+        ("irv2_cam", {"focus_logit": True, "focus_count": True}, 1, "focus_count",
+         "turn the focus head on too"),
         ("r3d_18", {"focus_head": True, "focus_count": True}, 1, "focus_count",
          "r3d_18 has no option focus count or focus head"),
     ],
@@ -65,6 +70,9 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
         ("irv2_cam", {"focus_head": True, "focus_count": True, "focus_loss_weight": 5.0},
          {"focus_loss_weight": 5.0,
           "model_options": {"focus_head": True, "focus_count": True}}),
+        ("irv2_cam", {"focus_head": True, "focus_logit": True, "evidence_loss_weight": 2.0},
+         {"evidence_loss_weight": 2.0,
+          "model_options": {"focus_head": True, "focus_logit": True}}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],
