@@ -67,6 +67,11 @@ class IRv2Config:
     # foci carry from one centre to another, the trunk's other cues do not
     # (docs/ml-results.md, "Sixth round").
     focus_logit: bool = False
+    # The classifier reads the focus evidence without sending gradients back into the focus
+    # head, which then stays a detector taught by the punctate marks alone: with a
+    # classification loss of its own (`focus_logit`) the head drifted from counting foci to
+    # whatever separated the training centres (docs/ml-results.md, "Sixth round").
+    focus_detach: bool = False
 
 
 PRESETS = {
@@ -299,8 +304,9 @@ class InceptionResNetV2(nn.Module):
             raise ValueError(f"focus_level is 'A' or 'stem'; got {cfg.focus_level!r}")
         if cfg.focus_count and not cfg.focus_head:
             raise ValueError("focus_count needs focus_head")
-        if cfg.focus_logit and not cfg.focus_head:
-            raise ValueError("focus_logit needs focus_head")
+        for option in ("focus_logit", "focus_detach"):
+            if getattr(cfg, option) and not cfg.focus_head:
+                raise ValueError(f"{option} needs focus_head")
         self.focus_head: nn.Module | None = None
         if cfg.focus_head:
             source = c if cfg.focus_level == "A" else b.ch(192)  # stage A or conv4a channels
@@ -376,7 +382,8 @@ class InceptionResNetV2(nn.Module):
         pooled = self.dropout(pooled)
         if self.focus_head is None:
             return self.fc(pooled)  # (B, K)
-        evidence = focus_evidence(self.focus_logits, self.cfg.focus_count)  # (B, 2 or 3)
+        focus = self.focus_logits.detach() if self.cfg.focus_detach else self.focus_logits
+        evidence = focus_evidence(focus, self.cfg.focus_count)  # (B, 2 or 3)
         if self.evidence_fc is None:
             return self.fc(torch.cat([pooled, evidence], dim=1))
         self.evidence_logits = self.evidence_fc(evidence)  # (B, K)

@@ -292,6 +292,18 @@ def test_focus_logit_is_added_to_the_trunks_and_exposed_for_its_own_loss():
         create_model("irv2_cam", focus_logit=True)
 
 
+@pytest.mark.parametrize(("detach", "head_learns_from_the_label"), [(False, True), (True, False)])
+def test_focus_detach_keeps_the_classification_gradient_out_of_the_focus_head(
+        detach, head_learns_from_the_label):
+    model = create_model("irv2_cam", focus_head=True, focus_logit=True, focus_detach=detach)
+    model(torch.rand(2, 1, 16, 64, 64)).sum().backward()
+    grad = model.focus_head[-1].weight.grad
+    assert (grad is not None and bool(grad.abs().sum() > 0)) is head_learns_from_the_label
+    assert model.evidence_fc.weight.grad.abs().sum() > 0  # the evidence is still read
+    with pytest.raises(ValueError, match="focus_detach needs focus_head"):
+        create_model("irv2_cam", focus_detach=True)
+
+
 def test_focus_loss_learns_punctate_marks_only():
     mask = _mask_with_focus()  # a punctate focus, a macrocalcification, a comet tail
     shape = (4, 8, 8)
