@@ -60,6 +60,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("focus_logit", bool, model_option=True,
           help="The focus head's evidence gets a logit of its own, added to the network's "
                "and taught to classify by itself (needs the focus head)."),
+    Param("focus_detach", bool, model_option=True,
+          help="The classifier reads the focus head's evidence without training the head, "
+               "which then learns from the punctate marks alone (needs the focus head)."),
     Param("focus_loss_weight", float, 0.0, 100.0,
           "Weight of the focus head's supervision by the punctate marks."),
     Param("evidence_loss_weight", float, 0.0, 100.0,
@@ -90,7 +93,7 @@ def defaults(preset: str) -> dict:
 
 def train_overrides(preset: str, hyperparameters: Mapping) -> dict:
     """Clean hyperparameters as `ml.train.TrainConfig` overrides: the architecture's keywords
-    (focus_head, focus_count, focus_logit) go into `model_options`, on top of the preset's."""
+    (focus_head, focus_count, focus_logit, focus_detach) go into `model_options`, on top of the preset's."""
     from ml.train import make_config
 
     preset_options = make_config(preset).model_options
@@ -220,6 +223,8 @@ def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gp
                        "head on too.",
         "focus_logit": "The focus logit is read from the focus head's map: turn the focus "
                        "head on too.",
+        "focus_detach": "Detaching the focus head's evidence needs the focus head: turn it "
+                        "on too.",
     }
     if head_errors := {k: [why] for k, why in needs_head.items()
                        if dict(options).get(k) and not dict(options).get("focus_head")}:

@@ -47,6 +47,7 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
         ("irv2_cam", {"members": 2}, 2, "members", "side by side on one device"),
         ("irv2_cam", {"focus_count": True}, 1, "focus_count", "turn the focus head on too"),
         ("irv2_cam", {"focus_logit": True}, 1, "focus_logit", "turn the focus head on too"),
+        ("irv2_cam", {"focus_detach": True}, 1, "focus_detach", "turn it on too"),
         ("irv2_cam", {"focus_logit": True, "focus_count": True}, 1, "focus_count",
          "turn the focus head on too"),
         ("r3d_18", {"focus_head": True, "focus_count": True}, 1, "focus_count",
@@ -73,6 +74,8 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
         ("irv2_cam", {"focus_head": True, "focus_logit": True, "evidence_loss_weight": 2.0},
          {"evidence_loss_weight": 2.0,
           "model_options": {"focus_head": True, "focus_logit": True}}),
+        ("irv2_cam", {"focus_head": True, "focus_detach": True},
+         {"model_options": {"focus_head": True, "focus_detach": True}}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],
