@@ -101,9 +101,9 @@ def summarise(rows: list[dict], cells: list[np.ndarray], targets: list[np.ndarra
                                                 [r["true_count"] for r in marked])[0]), 3),
     }
     if any(r["evidence_logit"] != 0.0 for r in rows):  # a model with `focus_logit`
-        for part in ("evidence_logit", "trunk"):
-            scores = [r[part if part == "evidence_logit" else "trunk_logit"] for r in rows]
-            out[f"{part}_auroc"] = round(roc_auc_score(labels, scores), 3)
+        for key, part in (("evidence_logit_auroc", "evidence_logit"),
+                          ("trunk_auroc", "trunk_logit")):
+            out[key] = round(roc_auc_score(labels, [r[part] for r in rows]), 3)
     if cells:
         out["cell_auroc"] = round(roc_auc_score(np.concatenate(targets) > 0.5,
                                                 np.concatenate(cells)), 3)
