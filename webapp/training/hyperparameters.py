@@ -93,7 +93,8 @@ def defaults(preset: str) -> dict:
 
 def train_overrides(preset: str, hyperparameters: Mapping) -> dict:
     """Clean hyperparameters as `ml.train.TrainConfig` overrides: the architecture's keywords
-    (focus_head, focus_count, focus_logit, focus_detach) go into `model_options`, on top of the preset's."""
+    (focus_head, focus_count, focus_logit, focus_detach) go into `model_options`, on top of
+    the preset's."""
     from ml.train import make_config
 
     preset_options = make_config(preset).model_options
