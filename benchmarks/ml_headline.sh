@@ -7,11 +7,12 @@
 #
 # 1. `python -m ml synth` with its defaults (6 centres x 60 nodules, seed 0);
 # 2. `python -m ml dataset --size 256` with centre C6 held out whole as the external test;
-# 3. `python -m ml train --config small --members 2 --model-options '{"focus_head": true}'
-#    --temporal-views 2` for irv2_cam (the study's model), irv2 (the same network without the calcification
-#    attention module) and irv2_2d (one key frame): each a seed ensemble of two members
-#    trained side by side, one per core, with the punctate-focus head (docs/ml-results.md),
-#    timed by wall clock;
+# 3. `python -m ml train --config small --members 2 --temporal-views 2 --model-options
+#    '{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true}'
+#    --focus-loss-weight 5 --roi-max-side 112` for irv2_cam (the study's model), irv2 (the same
+#    network without the calcification attention module) and irv2_2d (one key frame): each a
+#    seed ensemble of two members trained side by side, one per core, with the punctate-focus
+#    head and a cap on the nodule crop (docs/ml-results.md), timed by wall clock;
 # 4. `python -m ml evaluate` (AUROC with DeLong CI, thresholds frozen on validation, Grad-CAM
 #    and attention localisation against the calcification masks);
 # 5. `python -m ml compare` on the external test: the table and paired DeLong tests.
@@ -29,9 +30,15 @@ EXTERNAL=${EXTERNAL:-C6}
 # Stored clips of 256 x 256: at the platform's default 128 the resize of the ultrasound region
 # averages a 1-2 pixel focus into the speckle (docs/ml-results.md).
 CLIP_SIDE=${CLIP_SIDE:-256}
-# Two seed-ensemble members, one per core; the punctate-focus head on stage A.
+# Two seed-ensemble members, one per core; the punctate-focus head on stage A, taught by the
+# punctate marks alone (focus_detach) at five times the default weight ("Fifth round",
+# "Sixth round" in docs/ml-results.md).
 MEMBERS=${MEMBERS:-2}
-MODEL_OPTIONS=${MODEL_OPTIONS:-'{"focus_head": true}'}
+MODEL_OPTIONS=${MODEL_OPTIONS:-'{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true}'}
+FOCUS_LOSS_WEIGHT=${FOCUS_LOSS_WEIGHT:-5}
+# The nodule crop is at most 112 stored pixels: a large nodule's punctate foci survive the
+# resize to the model's 96 pixels ("Sixth round").
+ROI_MAX_SIDE=${ROI_MAX_SIDE:-112}
 # Validation, evaluation and inference average two interleaved 16-frame views of the sweep:
 # 16 frames miss a quarter to a third of the punctate foci, 32 miss 2-7% (docs/ml-results.md).
 TEMPORAL_VIEWS=${TEMPORAL_VIEWS:-2}
@@ -61,6 +68,7 @@ for arch in $ARCHS; do
     start=$(date +%s)
     $PY -m ml train --data "$WORK/dataset" --arch "$arch" --config small --out "$run" \
       --members "$MEMBERS" --model-options "$MODEL_OPTIONS" --temporal-views "$TEMPORAL_VIEWS" \
+      --focus-loss-weight "$FOCUS_LOSS_WEIGHT" --roi-max-side "$ROI_MAX_SIDE" \
       2>"$WORK/train-$arch.log" >"$RESULTS/$arch.train.json.tmp"
     end=$(date +%s)
     $PY - "$RESULTS/$arch.train.json.tmp" "$((end - start))" "$(cut -d' ' -f1-3 /proc/loadavg)" \

@@ -247,6 +247,7 @@ def roi_crop_box(
     min_side: int = 16,
     jitter: tuple[float, float, float] | None = None,
     fixed_side: int = 0,
+    max_side: int = 0,
 ) -> tuple[int, int, int, int]:
     """Square crop `(x0, y0, x1, y1)` (integer, end exclusive) around the union nodule box.
 
@@ -255,8 +256,10 @@ def roi_crop_box(
     that many pixels centred on the nodule, whatever its size: every crop is then resized by
     the same factor, so a focus of a given size in pixels keeps its size at the model's input
     (a large nodule's edge may fall outside). `jitter` = (scale, dx, dy) rescales the side and
-    shifts the centre by fractions of the side (training augmentation). Without boxes the crop
-    is the whole image.
+    shifts the centre by fractions of the side (training augmentation). `max_side` > 0 caps
+    the side (after the jitter) at that many pixels: a large nodule is then shrunk no more than
+    a crop of that side would be, so that its punctate foci survive the resize, at the price
+    of its rim. Without boxes the crop is the whole image.
     """
     h, w = image_hw
     u = union_box(boxes)
@@ -270,6 +273,8 @@ def roi_crop_box(
     if jitter is not None:
         scale, dx, dy = jitter
         cx, cy, side = cx + dx * side, cy + dy * side, side * scale
+    if u is not None and max_side > 0:
+        side = min(side, float(max_side))
     side = max(side, float(min_side))
     sw, sh = int(round(min(side, w))), int(round(min(side, h)))
     x0 = int(round(min(max(cx - sw / 2, 0), w - sw)))
@@ -342,6 +347,8 @@ class ClipSpec:
     roi: bool = True  # crop to the union nodule box and its frames (when the case has boxes)
     roi_margin: float = 0.25  # margin on every side, as a fraction of the box's larger side
     roi_side: int = 0  # > 0: a fixed crop of this many stored-clip pixels around the nodule
+    roi_max_side: int = 0  # > 0: the nodule crop's side is at most this many stored-clip
+    # pixels, so a large nodule's punctate foci are not averaged away by the resize
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
     flip_average: bool = False  # evaluation and inference average the logits of the clip and
     # its mirror image (`ml.inference.logits_of`): laterality is arbitrary in a sweep
@@ -502,7 +509,7 @@ def prepare_clip(
     if train:
         jitter = (rng.uniform(*aug.crop_scale), *rng.uniform(-aug.crop_shift, aug.crop_shift, 2))
     x0, y0, x1, y1 = roi_crop_box(roi_boxes, (h0, w0), spec.roi_margin, jitter=jitter,
-                                  fixed_side=spec.roi_side)
+                                  fixed_side=spec.roi_side, max_side=spec.roi_max_side)
     order = np.argsort(idx, kind="stable")  # memory maps read fastest in order
     full = np.empty((len(idx), h0, w0), np.uint8)
     full[order] = clip[idx[order]]

@@ -62,6 +62,7 @@ class TrainConfig:
     roi: bool = True  # crop to the annotated nodule (union box over the sweep) when present
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
     roi_side: int = 0  # > 0: crop a fixed side of stored-clip pixels around the nodule instead
+    roi_max_side: int = 0  # > 0: cap the nodule crop's side at this many stored-clip pixels
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     flip_average: bool = False  # validation, evaluation and inference average the logits of
     # the clip and its left-right mirror (ml.inference.logits_of)
@@ -116,6 +117,7 @@ class TrainConfig:
             roi=self.roi,
             roi_margin=self.roi_margin,
             roi_side=self.roi_side,
+            roi_max_side=self.roi_max_side,
             normalise=self.normalise,
             flip_average=self.flip_average,
             temporal_views=self.temporal_views if spatial_dims == 3 else 1,
@@ -156,6 +158,8 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
         raise ValueError(f"members is 1 (one network) or more (a seed ensemble); got {cfg.members}")
     if cfg.temporal_views < 1:
         raise ValueError(f"temporal_views is 1 or more; got {cfg.temporal_views}")
+    if cfg.roi_max_side < 0:
+        raise ValueError(f"roi_max_side is 0 (no cap) or a side in pixels; got {cfg.roi_max_side}")
     if cfg.roi_side < 0:
         raise ValueError(f"roi_side is 0 (a crop relative to the nodule) or a side in pixels; "
                          f"got {cfg.roi_side}")

@@ -225,6 +225,21 @@ def test_roi_crop_box_with_a_fixed_side_ignores_the_nodule_size(box, expected):
                         fixed_side=64) == expected
 
 
+@pytest.mark.parametrize("box, jitter, expected", [
+    ((40, 40, 60, 60), None, (35, 35, 65, 65)),  # small nodule: 1.5 x its side, under the cap
+    ((20, 30, 110, 90), None, (33, 28, 97, 92)),  # large nodule: 64 px, not 135
+    ((40, 40, 60, 60), (3.0, 0.0, 0.0), (18, 18, 82, 82)),  # the cap holds after the jitter
+    ((20, 30, 110, 90), (0.5, 0.0, 0.0), (33, 28, 97, 92)),  # 67 px jittered: capped at 64
+])
+def test_roi_crop_box_caps_the_side_of_a_large_nodule_crop(box, jitter, expected):
+    assert roi_crop_box(np.array([box], np.float32), (128, 128), 0.25, jitter=jitter,
+                        max_side=64) == expected
+
+
+def test_roi_crop_box_cap_leaves_a_crop_without_boxes_whole():
+    assert roi_crop_box(None, (30, 40), 0.25, max_side=16) == (0, 0, 40, 30)
+
+
 def test_resize_mask_keeps_one_pixel_foci_and_prefers_punctate():
     m = np.zeros((1, 128, 128), np.uint8)
     m[0, 37, 91] = 1  # a single-pixel punctate focus

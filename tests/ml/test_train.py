@@ -102,6 +102,10 @@ def test_make_config_presets_and_overrides():
         make_config("small", roi_side=-5)
     spec = make_config("small", roi_side=120).clip_spec(3)
     assert spec.roi_side == 120 and ClipSpec.from_dict(vars(spec)) == spec
+    with pytest.raises(ValueError, match="roi_max_side"):
+        make_config("small", roi_max_side=-1)
+    spec = make_config("small", roi_max_side=112).clip_spec(3)
+    assert spec.roi_max_side == 112 and ClipSpec.from_dict(vars(spec)) == spec
 
 
 def test_overfits_a_tiny_batch(tiny):

@@ -42,6 +42,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("augment", bool, help="Training augmentation."),
     Param("roi", bool, help="Crop to the annotated nodule where a case has boxes (then "
                             "predictions crop to the accepted annotation's boxes too)."),
+    Param("roi_max_side", int, 0, 4096,
+          "Largest side, in stored-clip pixels, of the crop around the nodule (0: no cap): a "
+          "large nodule is shrunk no more than this, so its calcification foci survive."),
     Param("temporal_views", int, 1, 8,
           "Validation, evaluation and predictions score this many interleaved clips of the "
           "sampled frames and average them (3D models): with 2, almost every calcification "

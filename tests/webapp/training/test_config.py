@@ -25,6 +25,7 @@ from webapp.training.models import TrainingRun
         ({"members": 0}, "members", "at least 1"),
         ({"members": 9}, "members", "at most 8"),
         ({"temporal_views": 0}, "temporal_views", "at least 1"),
+        ({"roi_max_side": -1}, "roi_max_side", "at least 0"),
         ({"focus_head": "on"}, "focus_head", "must be a bool"),
         ({"focus_loss_weight": -1}, "focus_loss_weight", "at least 0.0"),
         ({"evidence_loss_weight": 101}, "evidence_loss_weight", "at most 100.0"),
@@ -76,6 +77,7 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
           "model_options": {"focus_head": True, "focus_logit": True}}),
         ("irv2_cam", {"focus_head": True, "focus_detach": True},
          {"model_options": {"focus_head": True, "focus_detach": True}}),
+        ("irv2_cam", {"roi_max_side": 112}, {"roi_max_side": 112}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],
