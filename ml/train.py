@@ -87,6 +87,9 @@ class TrainConfig:
     # punctate marks; used only when the model has one and the batch has masks
     evidence_loss_weight: float = 1.0  # classification loss on the focus evidence's own
     # logit (IRv2 `focus_logit`), so that the evidence separates the classes by itself
+    evidence_lr_scale: float = 1.0  # learning rate of that logit's linear layer, as a multiple
+    # of `lr`: a layer of a few weights on standardised features (IRv2 `focus_norm`) needs
+    # larger steps than the network's to move from zero within one run's few hundred steps
     attention_target: str = "calcifications"  # which marks the maps learn: "calcifications"
     # (punctate, macro and rim) or "punctate" (the malignancy sign only)
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
@@ -160,6 +163,9 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
         raise ValueError(f"temporal_views is 1 or more; got {cfg.temporal_views}")
     if cfg.roi_max_side < 0:
         raise ValueError(f"roi_max_side is 0 (no cap) or a side in pixels; got {cfg.roi_max_side}")
+    if not cfg.evidence_lr_scale > 0:
+        raise ValueError(f"evidence_lr_scale is a positive multiple of lr; got "
+                         f"{cfg.evidence_lr_scale}")
     if cfg.roi_side < 0:
         raise ValueError(f"roi_side is 0 (a crop relative to the nodule) or a side in pixels; "
                          f"got {cfg.roi_side}")
@@ -241,13 +247,21 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    evidence_fc = getattr(model, "evidence_fc", None)
+    own_rate = evidence_fc is not None and cfg.evidence_lr_scale != 1.0
+    separate = {id(p) for p in evidence_fc.parameters()} if own_rate else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in separate]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if own_rate:  # a third group only then: the checkpoints of other runs resume unchanged
+        groups.append({"params": list(evidence_fc.parameters()), "weight_decay": 0.0,
+                       "lr": cfg.lr * cfg.evidence_lr_scale})
     # on a GPU one fused kernel updates every parameter (hundreds of small tensors otherwise,
     # a launch-bound tail on each step); the CPU keeps the default implementation
-    fused = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
+    every = [p for g in groups for p in g["params"]]
+    fused = bool(every) and all(p.is_cuda for p in every)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused or None)
 
 

@@ -304,6 +304,32 @@ def test_focus_detach_keeps_the_classification_gradient_out_of_the_focus_head(
         create_model("irv2_cam", focus_detach=True)
 
 
+def test_focus_norm_standardises_the_evidence_before_its_logit():
+    model = create_model("irv2_cam", focus_head=True, focus_count=True, focus_logit=True,
+                         focus_detach=True, focus_norm=True)
+    # starts neutral: a random start of three weights can rank the cases backwards
+    assert not model.evidence_fc.weight.any() and not model.evidence_fc.bias.any()
+    with torch.no_grad():
+        model.focus_head[-1].bias.fill_(-4.0)  # evidence far from zero, as after training
+        model.evidence_fc.weight.copy_(torch.tensor([[1.0, -0.5, 0.25]]))
+    model.train()
+    for _ in range(30):  # the running statistics settle on the batches' evidence
+        with torch.no_grad():
+            model(torch.rand(4, 1, 16, 64, 64))
+    model.eval()
+    x = torch.rand(2, 1, 16, 64, 64)
+    with torch.no_grad():
+        model(x)
+        evidence = focus_evidence(model.focus_logits, count=True)
+        norm = model.evidence_norm
+        standard = (evidence - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    assert norm.running_mean[0] < -1.0  # the offset the layer no longer has to learn
+    assert torch.allclose(model.evidence_logits, model.evidence_fc(standard), atol=1e-5)
+    assert standard.abs().max() < 10  # a standardised scale, not the raw offset
+    with pytest.raises(ValueError, match="focus_norm needs focus_logit"):
+        create_model("irv2_cam", focus_head=True, focus_norm=True)
+
+
 def test_focus_loss_learns_punctate_marks_only():
     mask = _mask_with_focus()  # a punctate focus, a macrocalcification, a comet tail
     shape = (4, 8, 8)

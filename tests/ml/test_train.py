@@ -89,6 +89,34 @@ def test_optimizer_decays_weights_only_and_is_unfused_on_cpu():
     assert not opt.defaults["fused"]
 
 
+@pytest.mark.parametrize(
+    ("options", "scale", "evidence_lr"),
+    [
+        ({"focus_logit": True, "focus_norm": True}, 20.0, 0.02),  # its own, faster group
+        ({"focus_logit": True, "focus_norm": True}, 1.0, None),  # the shared groups
+        ({}, 20.0, None),  # no evidence layer: the scale has nothing to act on
+    ],
+)
+def test_evidence_layer_learns_at_its_own_rate(options, scale, evidence_lr):
+    from ml.models import create_model
+
+    model = create_model("irv2_cam", focus_head=True, **options)
+    opt = train_mod.make_optimizer(model, TrainConfig(lr=1e-3, evidence_lr_scale=scale))
+    if evidence_lr is None:
+        assert len(opt.param_groups) == 2
+        return
+    decay, no_decay, evidence = opt.param_groups
+    assert evidence["lr"] == pytest.approx(evidence_lr) and evidence["weight_decay"] == 0.0
+    assert {id(p) for p in evidence["params"]} == {id(p) for p in model.evidence_fc.parameters()}
+    shared = {id(p) for p in decay["params"] + no_decay["params"]}
+    assert not shared & {id(p) for p in evidence["params"]}  # each parameter in one group
+    assert len(shared) + 2 == len(list(model.parameters()))
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # the schedule scales each group
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 5e-4, evidence_lr / 2])
+    with pytest.raises(ValueError, match="evidence_lr_scale is a positive multiple"):
+        make_config("small", evidence_lr_scale=0)
+
+
 def test_make_config_presets_and_overrides():
     cfg = make_config("paper", epochs=3, lr=None)
     assert cfg.preset == "paper" and cfg.epochs == 3 and cfg.lr == train_mod.PRESETS["paper"]["lr"]

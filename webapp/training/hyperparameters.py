@@ -66,11 +66,17 @@ PARAMETERS: tuple[Param, ...] = (
     Param("focus_detach", bool, model_option=True,
           help="The classifier reads the focus head's evidence without training the head, "
                "which then learns from the punctate marks alone (needs the focus head)."),
+    Param("focus_norm", bool, model_option=True,
+          help="The focus evidence is standardised before its own logit, so that the logit "
+               "learns from how the evidence varies, not its offset (needs focus logit)."),
     Param("focus_loss_weight", float, 0.0, 100.0,
           "Weight of the focus head's supervision by the punctate marks."),
     Param("evidence_loss_weight", float, 0.0, 100.0,
           "Weight of the classification loss on the focus evidence's own logit (with "
           "focus logit)."),
+    Param("evidence_lr_scale", float, 0.01, 1000.0,
+          "Learning rate of the focus evidence's own logit, as a multiple of the learning "
+          "rate (with focus logit and focus norm)."),
     Param("num_workers", int, 0, 64, "Data loader processes per GPU."),
     Param("log_every", int, 1, 100000, "Optimiser steps between loss points."),
 )
@@ -96,8 +102,8 @@ def defaults(preset: str) -> dict:
 
 def train_overrides(preset: str, hyperparameters: Mapping) -> dict:
     """Clean hyperparameters as `ml.train.TrainConfig` overrides: the architecture's keywords
-    (focus_head, focus_count, focus_logit, focus_detach) go into `model_options`, on top of
-    the preset's."""
+    (focus_head, focus_count, focus_logit, focus_detach, focus_norm) go into `model_options`,
+    on top of the preset's."""
     from ml.train import make_config
 
     preset_options = make_config(preset).model_options
@@ -233,6 +239,9 @@ def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gp
     if head_errors := {k: [why] for k, why in needs_head.items()
                        if dict(options).get(k) and not dict(options).get("focus_head")}:
         raise ConfigError(head_errors)
+    if dict(options).get("focus_norm") and not dict(options).get("focus_logit"):
+        raise ConfigError({"focus_norm": ["The focus norm standardises the focus logit's "
+                                          "evidence: turn the focus logit on too."]})
     if refusal := input_refusal(arch, preset, cfg.frames, cfg.size, options):
         if options and refusal.startswith(f"{arch} has no option"):
             field = options[0][0]

@@ -30,6 +30,8 @@ from webapp.training.models import TrainingRun
         ({"focus_loss_weight": -1}, "focus_loss_weight", "at least 0.0"),
         ({"evidence_loss_weight": 101}, "evidence_loss_weight", "at most 100.0"),
         ({"focus_logit": 1}, "focus_logit", "must be a bool"),
+        ({"evidence_lr_scale": 0}, "evidence_lr_scale", "at least 0.01"),
+        ({"focus_norm": "yes"}, "focus_norm", "must be a bool"),
     ],
 )
 def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
@@ -49,6 +51,8 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
         ("irv2_cam", {"focus_count": True}, 1, "focus_count", "turn the focus head on too"),
         ("irv2_cam", {"focus_logit": True}, 1, "focus_logit", "turn the focus head on too"),
         ("irv2_cam", {"focus_detach": True}, 1, "focus_detach", "turn it on too"),
+        ("irv2_cam", {"focus_head": True, "focus_norm": True}, 1, "focus_norm",
+         "turn the focus logit on too"),
         ("irv2_cam", {"focus_logit": True, "focus_count": True}, 1, "focus_count",
          "turn the focus head on too"),
         ("r3d_18", {"focus_head": True, "focus_count": True}, 1, "focus_count",
@@ -77,6 +81,12 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
           "model_options": {"focus_head": True, "focus_logit": True}}),
         ("irv2_cam", {"focus_head": True, "focus_detach": True},
          {"model_options": {"focus_head": True, "focus_detach": True}}),
+        ("irv2_cam", {"focus_head": True, "focus_logit": True, "focus_norm": True},
+         {"model_options": {"focus_head": True, "focus_logit": True, "focus_norm": True}}),
+        ("irv2_cam", {"focus_head": True, "focus_logit": True, "focus_norm": True,
+                      "evidence_lr_scale": 20.0},
+         {"evidence_lr_scale": 20.0,
+          "model_options": {"focus_head": True, "focus_logit": True, "focus_norm": True}}),
         ("irv2_cam", {"roi_max_side": 112}, {"roi_max_side": 112}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
