@@ -82,6 +82,18 @@ PARAMETERS: tuple[Param, ...] = (
 )
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
 
+# An architecture option that reads another's output: (the option it needs, why).
+OPTION_NEEDS: dict[str, tuple[str, str]] = {
+    "focus_count": ("focus_head", "The focus count is read from the focus head's map: turn "
+                                  "the focus head on too."),
+    "focus_logit": ("focus_head", "The focus logit is read from the focus head's map: turn "
+                                  "the focus head on too."),
+    "focus_detach": ("focus_head", "Detaching the focus head's evidence needs the focus "
+                                   "head: turn it on too."),
+    "focus_norm": ("focus_logit", "The focus norm standardises the focus logit's evidence: "
+                                  "turn the focus logit on too."),
+}
+
 
 class ConfigError(Exception):
     """A configuration that cannot run; `errors` maps a field (or "__all__") to reasons."""
@@ -228,20 +240,10 @@ def check(*, arch: str, preset: str, hyperparameters: Mapping, gpus: int, max_gp
     except (TypeError, ValueError) as exc:
         raise ConfigError({"__all__": [str(exc)]}) from exc
     options = tuple(sorted((k, v) for k, v in cfg.model_options.items() if k in BY_NAME))
-    needs_head = {
-        "focus_count": "The focus count is read from the focus head's map: turn the focus "
-                       "head on too.",
-        "focus_logit": "The focus logit is read from the focus head's map: turn the focus "
-                       "head on too.",
-        "focus_detach": "Detaching the focus head's evidence needs the focus head: turn it "
-                        "on too.",
-    }
-    if head_errors := {k: [why] for k, why in needs_head.items()
-                       if dict(options).get(k) and not dict(options).get("focus_head")}:
-        raise ConfigError(head_errors)
-    if dict(options).get("focus_norm") and not dict(options).get("focus_logit"):
-        raise ConfigError({"focus_norm": ["The focus norm standardises the focus logit's "
-                                          "evidence: turn the focus logit on too."]})
+    chosen = dict(options)
+    if errors := {k: [why] for k, (needed, why) in OPTION_NEEDS.items()
+                  if chosen.get(k) and not chosen.get(needed)}:
+        raise ConfigError(errors)
     if refusal := input_refusal(arch, preset, cfg.frames, cfg.size, options):
         if options and refusal.startswith(f"{arch} has no option"):
             field = options[0][0]
