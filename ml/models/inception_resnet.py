@@ -73,11 +73,11 @@ class IRv2Config:
     # whatever separated the training centres (docs/ml-results.md, "Sixth round").
     focus_detach: bool = False
     # The evidence is standardised (batch norm without affine terms, running statistics at
-    # test time) before its own logit (`focus_logit`). Raw, its features sit far from zero
-    # with a small spread (soft maximum about -3.5 +- 0.3, count 3.5 +- 0.3), so AdamW's
-    # normalised steps were spent on the mean and the layer stayed near its initialisation,
-    # ranking the external centre backwards (docs/ml-results.md, "Seventh round"). The
-    # layer then starts at zero, and `TrainConfig.evidence_lr_scale` can speed it up.
+    # test time) before its own logit (`focus_logit`), whose layer then starts at zero: raw,
+    # the features sit far from zero with a small spread (soft maximum about -3.5 +- 0.3), and
+    # a random start of three weights ranked the cases backwards. The features only become
+    # informative late in training, so the layer also needs `TrainConfig.evidence_lr_scale`
+    # to move in time (docs/ml-results.md, "Seventh round").
     focus_norm: bool = False
 
 
