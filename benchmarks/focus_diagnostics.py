@@ -45,20 +45,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from ml.data import ClipDataset  # noqa: E402
 from ml.inference import load_model, spec_of, temporal_views  # noqa: E402
 from ml.models.attention import PUNCTATE_CODES  # noqa: E402
+from ml.models.ensemble import members_of  # noqa: E402
 from ml.models.inception_resnet import focus_evidence  # noqa: E402
 
 SPLITS = ("val", "internal_test", "external_test")
 FEATURES = ("peak", "soft", "count")
 
 
-def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return list(model.members) if hasattr(model, "members") else [model]
-
-
 @torch.no_grad()
 def score_case(model, item: dict, views: int) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
     """(row, first member's focus logits, their max-pooled punctate target) of one case."""
-    members = _members(model)
+    members = members_of(model)
     x = item["clip"][None]
     punctate = np.isin(item["mask"].numpy(), PUNCTATE_CODES)
     logit, evidence_logit, evidence, cells, targets = 0.0, 0.0, [], [], []

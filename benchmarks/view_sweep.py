@@ -28,12 +28,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's ml package
 from ml.data import ClipDataset, read_manifest  # noqa: E402
 from ml.inference import load_model, logits_of, spec_of  # noqa: E402
+from ml.models.ensemble import members_of  # noqa: E402
 
 SPLITS = ("val", "internal_test", "external_test")
-
-
-def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return list(model.members) if hasattr(model, "members") else [model]
 
 
 @torch.no_grad()
@@ -43,7 +40,7 @@ def member_logits(model, ds: ClipDataset, flip: bool) -> np.ndarray:
     for i in range(len(ds)):
         clip = ds[i]["clip"][None]
         rows.append([float(logits_of(m, clip, flip, ds.spec.temporal_views)[0, 0])
-                     for m in _members(model)])
+                     for m in members_of(model)])
     return np.asarray(rows)
 
 

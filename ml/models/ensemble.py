@@ -37,3 +37,8 @@ class SeedEnsemble(nn.Module):
     def attention_maps(self) -> list[torch.Tensor]:
         """The members' attention maps, first member first (the one review pages show)."""
         return [a for m in self.members for a in (getattr(m, "attention_maps", None) or [])]
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The networks whose logits `model` averages: a seed ensemble's members, else `model`."""
+    return list(model.members) if isinstance(model, SeedEnsemble) else [model]

@@ -14,7 +14,7 @@ from ml.ensemble import MemberProgress, member_dirs, train_ensemble
 from ml.evaluate import evaluate_run, read_predictions
 from ml.inference import load_model, predict, predict_with_heatmaps, spec_of
 from ml.models import create_model
-from ml.models.ensemble import SeedEnsemble
+from ml.models.ensemble import SeedEnsemble, members_of
 from ml.train import make_config
 from tests.ml.test_data import make_tiny_dataset
 
@@ -29,6 +29,7 @@ def test_seed_ensemble_averages_its_members():
         assert torch.allclose(ensemble(x), expected, atol=1e-6)
     assert len(ensemble.attention_maps) == 4  # two modules per member, first member first
     assert ensemble.gradcam_layer_names == ["members.0.stage_a", "members.1.stage_a"]
+    assert members_of(ensemble) == members and members_of(members[0]) == [members[0]]
     with pytest.raises(ValueError, match="at least two"):
         SeedEnsemble(members[:1])
 
