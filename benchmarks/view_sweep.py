@@ -77,8 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-flip", action="store_true", help="skip the flip-averaged read-outs")
     p.add_argument("--out", type=Path, default=None, help="default RUN/view_sweep.json")
     args = p.parse_args(argv)
+    if min(args.views) < 1:
+        p.error(f"--views are counts of 1 or more; got {args.views}")
     torch.set_num_threads(2)
-    result = sweep(args.run, args.views, (False,) if args.no_flip else (False, True))
+    try:
+        result = sweep(args.run, args.views, (False,) if args.no_flip else (False, True))
+    except FileNotFoundError as exc:  # not a run directory, or its dataset has moved
+        p.error(str(exc))
     (args.out or args.run / "view_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
