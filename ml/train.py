@@ -99,9 +99,13 @@ class TrainConfig:
     seed: int = 0  # model init, sampling and augmentation
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
     threads: int = 0  # torch CPU threads per process (0 = torch's default)
-    amp: bool = True  # autocast on CUDA (ignored on CPU)
+    amp: bool = True  # autocast on CUDA. Never on CPU: torch's CPU bf16 conv3d gives wrong
+    # weight gradients where a feature map has 2 or more frames but fewer than a kernel spans,
+    # though it trains 1.9x faster (benchmarks/cpu_train_step.py, docs/ml-results.md "Ninth
+    # round")
     amp_dtype: str = "bf16"  # bf16, or fp16 with a gradient scaler for GPUs without bf16
-    channels_last_3d: bool = True  # channels-last memory format for 3D models on CUDA
+    channels_last_3d: bool = True  # channels-last memory format for 3D models, CUDA and CPU
+    # (on CPU the small preset trains 1.3x faster so, measured in the same places)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     manifest: str = "manifest.csv"  # relative to the dataset; e.g. folds/loco_C3.csv
@@ -399,11 +403,18 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
 # Loops
 
 
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to on `device`, or None for fp32 (always on CPU)."""
+    if not cfg.amp or device.type != "cuda":
+        return None
+    return torch.float16 if cfg.amp_dtype == "fp16" else torch.bfloat16
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp and device.type == "cuda":
-        dtype = torch.float16 if cfg.amp_dtype == "fp16" else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    dtype = autocast_dtype(cfg, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -439,7 +450,7 @@ def train_one_epoch(
 
     model.train()
     use_att = cfg.attention_loss_weight > 0 and hasattr(raw_model, "attention_maps")
-    channels_last = cfg.channels_last_3d and device.type == "cuda"
+    channels_last = cfg.channels_last_3d
     total, count = 0.0, 0
     n_micro = len(loader)
     optimizer.zero_grad(set_to_none=True)
@@ -511,7 +522,7 @@ def evaluate(
 
     model.eval()
     cfg = cfg or TrainConfig(amp=False)
-    channels_last = cfg.channels_last_3d and device.type == "cuda"
+    channels_last = cfg.channels_last_3d
     case_ids, labels, logits = [], [], []
     for batch in loader:
         b = _to_device(batch, device, channels_last)
@@ -612,7 +623,7 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     first = next(r for r in records if r.split == "train")
     clip_hw = np.load((data_root / cfg.manifest).parent / first.clip, mmap_mode="r").shape[1:]
     spec = dataclasses.replace(spec, clip_size=tuple(int(v) for v in clip_hw))
-    if cfg.channels_last_3d and device.type == "cuda" and spatial_dims == 3:
+    if cfg.channels_last_3d and spatial_dims == 3:
         raw_model = raw_model.to(memory_format=torch.channels_last_3d)
     model = raw_model
     if dist.enabled:
@@ -688,7 +699,8 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
                       lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     metrics("start", arch=cfg.arch, preset=cfg.preset, epochs=cfg.epochs,
             resumed_from_epoch=start_epoch if resume else None, steps_total=steps_total,
-            counts=counts, device=str(device), world_size=dist.world_size)
+            counts=counts, device=str(device), world_size=dist.world_size,
+            autocast=str(autocast_dtype(cfg, device) or "fp32").removeprefix("torch."))
 
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):

@@ -136,6 +136,44 @@ def test_make_config_presets_and_overrides():
     assert spec.roi_max_side == 112 and ClipSpec.from_dict(vars(spec)) == spec
 
 
+@pytest.mark.parametrize(
+    "amp, amp_dtype, device, expected",
+    [
+        (True, "bf16", "cuda", torch.bfloat16),
+        (True, "fp16", "cuda", torch.float16),
+        (False, "bf16", "cuda", None),
+        # never on CPU: its bf16 conv3d weight gradients are wrong for short clips
+        (True, "bf16", "cpu", None),
+    ],
+)
+def test_training_autocasts_on_cuda_only(amp, amp_dtype, device, expected):
+    cfg = make_config("small", amp=amp, amp_dtype=amp_dtype)
+    assert train_mod.autocast_dtype(cfg, torch.device(device)) == expected
+
+
+def test_cpu_training_runs_in_fp32_channels_last_and_says_so(tiny, tmp_path, monkeypatch):
+    """The small preset's CPU path: fp32 on channels-last clips through a real InceptionResNetV2
+    with the calcification attention module; the start event names the precision, so a run's
+    figures can be traced to it."""
+    seen = []
+    real_build = train_mod.build_model
+
+    def build_and_watch(cfg):
+        model = real_build(cfg)
+        model.register_forward_pre_hook(lambda _, args: seen.append(
+            (args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last_3d))))
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_and_watch)
+    run = tmp_path / "run"
+    train(tiny_config(arch="irv2_cam", epochs=1, frames=16, size=64), tiny, run)
+    log = _events(run)
+    assert log[0]["event"] == "start" and log[0]["autocast"] == "fp32"
+    assert seen and set(seen) == {(torch.float32, True)}
+    losses = [e["loss"] for e in log if e["event"] == "step"]
+    assert losses and all(np.isfinite(losses))
+
+
 def test_overfits_a_tiny_batch(tiny):
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -340,3 +378,25 @@ def test_the_resolved_architecture_is_recorded_so_a_preset_change_cannot_alter_a
     monkeypatch.setitem(inception_resnet.PRESETS, "small", changed)
     model = build_model(saved)
     assert model.cfg.pooling == "avgmax" and model.cfg.width == 0.25
+
+
+def test_cpu_train_step_benchmark_compares_every_setting_with_fp32(tmp_path):
+    """benchmarks/cpu_train_step.py, the measurement behind CPU training's fp32 on channels-last
+    clips, runs and writes its table; fp32 gradients pass its check; a usage error is a
+    message, not a traceback."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "cpu_train_step.py"
+    spec = importlib.util.spec_from_file_location("cpu_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--steps", "1", "--trials", "2", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("cpu-train-step-*.json")
+    report = json.loads(written.read_text())
+    assert [r["setting"] for r in report["rows"]] == [s[0] for s in module.SETTINGS]
+    assert report["rows"][0]["speedup_vs_fp32"] == 1.0
+    assert all(r["median_step_s"] > 0 for r in report["rows"])
+    assert all(r["wrong_gradient_trials"] == 0 for r in report["rows"] if not r["bf16"])
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--steps", "0"])
+    assert stop.value.code == 2
