@@ -349,6 +349,10 @@ class ClipSpec:
     roi_side: int = 0  # > 0: a fixed crop of this many stored-clip pixels around the nodule
     roi_max_side: int = 0  # > 0: the nodule crop's side is at most this many stored-clip
     # pixels, so a large nodule's punctate foci are not averaged away by the resize
+    context_channel: bool = False  # a second input channel: the whole nodule crop (the
+    # uncapped one, same margin and jitter) resized to `size`, so that a network fed the
+    # capped crop still sees the margin, shape and rim of a large nodule; heatmaps and masks
+    # stay on the first channel's crop
     normalise: bool = True  # per-clip intensity standardisation (`normalise_intensity`)
     flip_average: bool = False  # evaluation and inference average the logits of the clip and
     # its mirror image (`ml.inference.logits_of`): laterality is arbitrary in a sweep
@@ -358,6 +362,11 @@ class ClipSpec:
     # of the foci (docs/ml-results.md); 3D models only
     clip_size: tuple[int, int] | None = None  # (H, W) of the stored clips the model learnt
     # from; `ml.inference` resamples clips stored at another size to it first
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the model: the nodule crop, and the whole nodule if asked."""
+        return 2 if self.context_channel else 1
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ClipSpec:
@@ -471,7 +480,8 @@ def prepare_clip(
 ) -> dict:
     """Turn a stored clip (T0, H0, W0) uint8 into the model's input.
 
-    Returns `clip` float32 in [0, 1], (1, T, H, W) for 3D specs or (1, H, W) for 2D; `mask`
+    Returns `clip` float32 in [0, 1], (C, T, H, W) for 3D specs or (C, H, W) for 2D, C being
+    `spec.channels` (the second channel, if any, is the uncapped whole-nodule crop); `mask`
     uint8 type codes (T, H, W) or (H, W) (zeros when `mask` is None); `frame_indices` (T,) into
     the stored clip; `crop_box` (x0, y0, x1, y1) in stored-clip pixels; `hflip`. With
     `train=False` the result is deterministic (what evaluation and inference use).
@@ -514,6 +524,12 @@ def prepare_clip(
     full = np.empty((len(idx), h0, w0), np.uint8)
     full[order] = clip[idx[order]]
     x = resize_clip(full[:, y0:y1, x0:x1], spec.size)  # (T, H, W) float32, 0..255
+    if spec.context_channel:
+        # Both crops as one stack of frames (2T, H, W): every step below works frame by frame
+        # or pixel by pixel, so the two channels get the same flip, rotation and intensity.
+        c0, c1, c2, c3 = roi_crop_box(roi_boxes, (h0, w0), spec.roi_margin, jitter=jitter,
+                                      fixed_side=spec.roi_side)
+        x = np.concatenate([x, resize_clip(full[:, c1:c3, c0:c2], spec.size)])
     x = normalise_intensity(x, full) if spec.normalise else x / 255.0
     m = None
     if mask is not None:
@@ -549,13 +565,13 @@ def prepare_clip(
         if aug.depth_gain:
             ramp = np.linspace(-0.5, 0.5, x.shape[1], dtype=np.float32)[None, :, None]
             x = x + rng.uniform(-aug.depth_gain, aug.depth_gain) * ramp
-    x = np.clip(x, 0, 1).astype(np.float32)
+    x = np.clip(x, 0, 1).astype(np.float32).reshape(spec.channels, len(idx), *spec.size)
     if m is None:
-        m = np.zeros(x.shape, np.uint8)
+        m = np.zeros(x.shape[1:], np.uint8)
     if spec.spatial_dims == 2:
-        x, m = x[0], m[0]
+        x, m = x[:, 0], m[0]
     return {
-        "clip": np.ascontiguousarray(x[None]),
+        "clip": np.ascontiguousarray(x),
         "mask": np.ascontiguousarray(m),
         "frame_indices": idx,
         "crop_box": (x0, y0, x1, y1),

@@ -125,15 +125,22 @@ def summarise_localisation(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
+def score_logits(model, ds: ClipDataset, batch_size: int = 8, device="cpu") -> np.ndarray:
+    """(cases,) logits of `ds` as evaluation and inference score them: the dataset spec's
+    temporal views and flip averaging (`ml.inference.logits_of`)."""
     from ml.inference import logits_of
 
-    probs = []
+    logits = []
     for batch in DataLoader(ds, batch_size=batch_size):
-        logits = logits_of(model, batch["clip"].to(device), ds.spec.flip_average,
-                           ds.spec.temporal_views)
-        probs += torch.sigmoid(logits[:, 0].float()).cpu().tolist()
-    return np.asarray(probs)
+        out = logits_of(model, batch["clip"].to(device), ds.spec.flip_average,
+                        ds.spec.temporal_views)
+        logits += out[:, 0].float().cpu().tolist()
+    return np.asarray(logits)
+
+
+def _predict(model, ds: ClipDataset, batch_size: int, device) -> np.ndarray:
+    logits = torch.from_numpy(score_logits(model, ds, batch_size, device)).float()
+    return np.asarray(torch.sigmoid(logits).tolist())
 
 
 def _localise(model, ds: ClipDataset, device, layer=None) -> tuple[dict[str, list[dict]],

@@ -63,6 +63,8 @@ class TrainConfig:
     roi_margin: float = 0.25  # context kept around the nodule box, fraction of its side
     roi_side: int = 0  # > 0: crop a fixed side of stored-clip pixels around the nodule instead
     roi_max_side: int = 0  # > 0: cap the nodule crop's side at this many stored-clip pixels
+    context_channel: bool = False  # feed the whole (uncapped) nodule crop as a second input
+    # channel beside the capped one (ml.data.ClipSpec.context_channel)
     normalise: bool = True  # per-clip intensity standardisation (ml.data.normalise_intensity)
     flip_average: bool = False  # validation, evaluation and inference average the logits of
     # the clip and its left-right mirror (ml.inference.logits_of)
@@ -95,6 +97,9 @@ class TrainConfig:
     patience: int = 0  # early stop after this many epochs without a better val AUROC (0 = off)
     select_after: float = 0.0  # fraction of the epochs before which no epoch can be the best:
     # on a small val set an early, underfit epoch can win on a lucky AUROC
+    keep_snapshots: bool = False  # also save the weights of every eligible epoch as
+    # snapshots/epoch-NNN.safetensors, for read-outs of model selection
+    # (benchmarks/snapshot_sweep.py)
     min_per_class: int = 2  # refuse to train when train or val has fewer cases of a class
     seed: int = 0  # model init, sampling and augmentation
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
@@ -125,6 +130,7 @@ class TrainConfig:
             roi_margin=self.roi_margin,
             roi_side=self.roi_side,
             roi_max_side=self.roi_max_side,
+            context_channel=self.context_channel,
             normalise=self.normalise,
             flip_average=self.flip_average,
             temporal_views=self.temporal_views if spatial_dims == 3 else 1,
@@ -189,6 +195,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     from ml.models import create_model
 
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_options.items()}
+    options["in_channels"] = cfg.clip_spec(3).channels
     if cfg.members > 1:
         from ml.models.ensemble import SeedEnsemble
 
@@ -718,6 +725,9 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
                 save_weights(eval_model, run_dir / "model.safetensors")
         elif eligible:
             best["stale"] += 1
+        if eligible and cfg.keep_snapshots and dist.is_main:
+            (run_dir / "snapshots").mkdir(exist_ok=True)
+            save_weights(eval_model, run_dir / "snapshots" / f"epoch-{epoch + 1:03d}.safetensors")
         if dist.is_main:
             state = {
                 "model": raw_model.state_dict(),

@@ -365,6 +365,34 @@ def test_prepare_clip_2d_takes_the_key_frame():
     assert out["frame_indices"].tolist() == [6]
 
 
+@pytest.mark.parametrize("spatial_dims, frames", [(3, 5), (2, 1)])
+def test_context_channel_is_the_whole_nodule_beside_the_capped_crop(spatial_dims, frames):
+    clip, mask, boxes = _marker_clip()  # a 40 x 35 nodule box: crops of 40 (margin 0)
+    kw = dict(frames=frames, size=(20, 20), roi_margin=0.0, spatial_dims=spatial_dims)
+    capped = prepare_clip(clip, ClipSpec(roi_max_side=24, **kw), boxes=boxes, mask=mask)
+    whole = prepare_clip(clip, ClipSpec(**kw), boxes=boxes, mask=mask)
+    both = prepare_clip(clip, ClipSpec(roi_max_side=24, context_channel=True, **kw),
+                        boxes=boxes, mask=mask)
+    assert ClipSpec(context_channel=True).channels == 2 and ClipSpec().channels == 1
+    assert both["clip"].shape == (2, *capped["clip"].shape[1:])
+    np.testing.assert_array_equal(both["clip"][0], capped["clip"][0])
+    np.testing.assert_array_equal(both["clip"][1], whole["clip"][0])
+    # heatmaps and masks stay on the capped crop
+    assert both["crop_box"] == capped["crop_box"] != whole["crop_box"]
+    np.testing.assert_array_equal(both["mask"], capped["mask"])
+
+
+def test_context_channel_gets_the_same_flip_and_rotation_in_training():
+    clip, mask, boxes = _marker_clip()
+    aug = AugmentSpec(gamma=(1, 1), contrast=(1, 1), brightness=0, speckle=0, crop_scale=(1, 1),
+                      crop_shift=0)
+    spec = ClipSpec(frames=6, size=(32, 32), normalise=False, context_channel=True)
+    for seed in range(6):  # no cap: both channels are the same crop, so they must match
+        x = prepare_clip(clip, spec, boxes=boxes, mask=mask, train=True, augment=aug,
+                         rng=np.random.default_rng(seed))["clip"]
+        np.testing.assert_allclose(x[0], x[1], atol=1e-6)
+
+
 def test_prepare_clip_rejects_misaligned_inputs():
     clip, mask, boxes = _marker_clip()
     with pytest.raises(DataError, match="does not match"):

@@ -352,6 +352,47 @@ def test_select_after_keeps_early_epochs_from_being_best(tiny, tmp_path, tiny_mo
     assert summary["best_epoch"] >= 3
 
 
+def test_keep_snapshots_saves_every_eligible_epoch_and_the_best_is_one_of_them(
+        tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    summary = train(tiny_config(epochs=4, select_after=0.5, keep_snapshots=True), tiny, run)
+    snapshots = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snapshots == ["epoch-003.safetensors", "epoch-004.safetensors"]
+    best = load_file(str(run / "model.safetensors"))
+    chosen = load_file(str(run / "snapshots" / f"epoch-{summary['best_epoch']:03d}.safetensors"))
+    assert best.keys() == chosen.keys()
+    assert all(torch.equal(best[k], chosen[k]) for k in best)
+
+
+def test_no_snapshots_unless_asked(tiny, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=2), tiny, run)
+    assert not (run / "snapshots").exists()
+
+
+def test_a_context_channel_gives_the_model_two_input_channels(tiny, tmp_path):
+    cfg = make_config("small", arch="irv2_cam", frames=6, size=32, batch_size=4, epochs=1,
+                      num_workers=0, threads=1, context_channel=True, roi_max_side=20)
+    model = train_mod.build_model(cfg)
+    assert model.stem[0][0].in_channels == 2
+    summary = train(cfg, tiny, tmp_path / "run")
+    assert summary["best_epoch"] == 1
+    from ml.inference import load_model, predict, spec_of
+
+    loaded, config = load_model(tmp_path / "run")
+    spec = spec_of(config)
+    assert spec.context_channel and spec.channels == 2
+    clip, _, boxes = ClipDataset(tiny, "val", spec).load(0)
+    assert 0 <= predict(loaded, clip, spec, boxes=boxes) <= 1
+    # heatmaps follow the first channel's crop, as evaluation's localisation scores them
+    from ml.evaluate import evaluate_run
+    from ml.inference import predict_with_heatmaps
+
+    out = predict_with_heatmaps(loaded, clip, spec, boxes=boxes)
+    assert out.gradcam.shape == clip.shape and out.gradcam_input.shape == (6, 32, 32)
+    assert "localisation" in evaluate_run(tmp_path / "run")["external_test"]
+
+
 def test_augment_options_override_the_augmentation_defaults():
     from ml.data import AugmentSpec
     from ml.train import augment_spec

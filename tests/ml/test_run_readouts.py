@@ -1,0 +1,102 @@
+"""Read-outs of trained runs: benchmarks/snapshot_sweep.py (which epoch's weights a run keeps)
+and benchmarks/member_combinations.py (how many members an ensemble has)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from ml.ensemble import train_ensemble
+from ml.evaluate import evaluate_run, read_predictions
+from ml.train import make_config
+from tests.ml.test_data import make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module(name: str = "snapshot_sweep"):
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def snapshot_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("snapshots")
+    data = make_tiny_dataset(root / "data")
+    run = root / "run"
+    cfg = make_config("small", arch="irv2_cam", frames=8, size=32, batch_size=4, epochs=3,
+                      num_workers=0, threads=1, members=2, select_after=0.5,
+                      keep_snapshots=True)
+    train_ensemble(cfg, data, run)
+    return run
+
+
+def test_every_rule_is_read_out_and_the_runs_own_choice_is_evaluations(snapshot_run):
+    from sklearn.metrics import roc_auc_score
+
+    result = _module().sweep(snapshot_run)
+    assert set(result["rules"]) == {"best_val", "last", "top3_val", "mean_last5", "mean_all",
+                                    "swa_last5", "swa_all"}
+    for name, member in result["members"].items():
+        config = json.loads((snapshot_run / "members" / name / "config.json").read_text())
+        assert list(member["epochs"]) == ["2", "3"]  # epoch 1 was not eligible
+        assert member["best_epoch"] == config["best_epoch"]
+        assert sorted(member["top3_epochs"]) == [2, 3]
+    # the run's own choice scores as `ml evaluate` scores the run, split by split
+    evaluate_run(snapshot_run, localisation=False)
+    preds = read_predictions(snapshot_run / "predictions.csv")
+    for split, block in result["rules"]["best_val"].items():
+        rows = [p for p in preds if p["split"] == split]
+        expected = roc_auc_score([p["label"] for p in rows], [p["probability"] for p in rows])
+        assert block["ensemble"] == pytest.approx(expected, abs=1e-4)
+        assert len(block["members"]) == 2
+
+
+def test_a_run_without_snapshots_is_a_usage_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        _module().main([str(run)])
+    assert exc.value.code == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_member_combinations_rebuild_the_ensemble_from_its_members(snapshot_run, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "combinations.json"
+    assert _module("member_combinations").main([str(snapshot_run), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["members"]) == ["seed-0", "seed-1"]
+    one, two = result["by_members"]["1"], result["by_members"]["2"]
+    for split, block in one.items():
+        assert block["combinations"] == {m: result["members"][m][split]["auroc"]
+                                         for m in ("seed-0", "seed-1")}
+        assert block["min"] <= block["mean"] <= block["max"]
+    # the two-member combination is the run itself, as `ml evaluate` scores it
+    evaluate_run(snapshot_run, localisation=False)
+    preds = read_predictions(snapshot_run / "predictions.csv")
+    for split, block in two.items():
+        rows = [p for p in preds if p["split"] == split]
+        expected = roc_auc_score([p["label"] for p in rows], [p["probability"] for p in rows])
+        assert block["combinations"]["seed-0+seed-1"] == pytest.approx(expected, abs=1e-4)
+        assert block["at_or_above_goal"] == (1.0 if block["mean"] >= 0.90 else 0.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}"], "not a run directory"),
+    (["{run}", "{run}"], "share a seed"),
+])
+def test_member_combinations_refuses_what_it_cannot_compare(snapshot_run, tmp_path, capsys,
+                                                            args, message):
+    paths = {"run": str(snapshot_run), "missing": str(tmp_path / "nothing")}
+    with pytest.raises(SystemExit) as exc:
+        _module("member_combinations").main([a.format(**paths) for a in args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
