@@ -42,6 +42,10 @@ ROI_MAX_SIDE=${ROI_MAX_SIDE:-112}
 # Validation, evaluation and inference average two interleaved 16-frame views of the sweep:
 # 16 frames miss a quarter to a third of the punctate foci, 32 miss 2-7% (docs/ml-results.md).
 TEMPORAL_VIEWS=${TEMPORAL_VIEWS:-2}
+# CONTEXT_CHANNEL=1 adds the whole (uncapped) nodule crop as a second input channel
+# ("Tenth round").
+CONTEXT=()
+[ "${CONTEXT_CHANNEL:-0}" = 1 ] && CONTEXT=(--context-channel)
 mkdir -p "$WORK" "$RESULTS"
 
 {
@@ -68,7 +72,7 @@ for arch in $ARCHS; do
     start=$(date +%s)
     $PY -m ml train --data "$WORK/dataset" --arch "$arch" --config small --out "$run" \
       --members "$MEMBERS" --model-options "$MODEL_OPTIONS" --temporal-views "$TEMPORAL_VIEWS" \
-      --focus-loss-weight "$FOCUS_LOSS_WEIGHT" --roi-max-side "$ROI_MAX_SIDE" \
+      --focus-loss-weight "$FOCUS_LOSS_WEIGHT" --roi-max-side "$ROI_MAX_SIDE" "${CONTEXT[@]}" \
       2>"$WORK/train-$arch.log" >"$RESULTS/$arch.train.json.tmp"
     end=$(date +%s)
     $PY - "$RESULTS/$arch.train.json.tmp" "$((end - start))" "$(cut -d' ' -f1-3 /proc/loadavg)" \
