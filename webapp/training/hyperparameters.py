@@ -45,6 +45,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("roi_max_side", int, 0, 4096,
           "Largest side, in stored-clip pixels, of the crop around the nodule (0: no cap): a "
           "large nodule is shrunk no more than this, so its calcification foci survive."),
+    Param("context_channel", bool,
+          help="Beside the capped nodule crop, the model also sees the whole nodule as a "
+               "second input channel, so a large nodule's margin, shape and rim stay in view "
+               "(with roi max side)."),
     Param("temporal_views", int, 1, 8,
           "Validation, evaluation and predictions score this many interleaved clips of the "
           "sampled frames and average them (3D models): with 2, almost every calcification "

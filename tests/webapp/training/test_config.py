@@ -88,6 +88,8 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
          {"evidence_lr_scale": 20.0,
           "model_options": {"focus_head": True, "focus_logit": True, "focus_norm": True}}),
         ("irv2_cam", {"roi_max_side": 112}, {"roi_max_side": 112}),
+        ("irv2_cam", {"roi_max_side": 112, "context_channel": True},
+         {"roi_max_side": 112, "context_channel": True}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],
