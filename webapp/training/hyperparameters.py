@@ -48,7 +48,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("context_channel", bool,
           help="Beside the capped nodule crop, the model also sees the whole nodule as a "
                "second input channel, so a large nodule's margin, shape and rim stay in view "
-               "(with roi max side)."),
+               "(with roi max side). Measured with the calcification attention model; the "
+               "network without it did not learn with this channel (docs/ml-results.md)."),
     Param("temporal_views", int, 1, 8,
           "Validation, evaluation and predictions score this many interleaved clips of the "
           "sampled frames and average them (3D models): with 2, almost every calcification "
