@@ -27,21 +27,17 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's ml package
 from ml.data import ClipDataset, read_manifest  # noqa: E402
-from ml.inference import load_model, logits_of, spec_of  # noqa: E402
+from ml.evaluate import score_logits  # noqa: E402
+from ml.inference import load_model, spec_of  # noqa: E402
 from ml.models.ensemble import members_of  # noqa: E402
 
 SPLITS = ("val", "internal_test", "external_test")
 
 
-@torch.no_grad()
-def member_logits(model, ds: ClipDataset, flip: bool) -> np.ndarray:
-    """(cases, members) logits, each the mean over the dataset spec's temporal views."""
-    rows = []
-    for i in range(len(ds)):
-        clip = ds[i]["clip"][None]
-        rows.append([float(logits_of(m, clip, flip, ds.spec.temporal_views)[0, 0])
-                     for m in members_of(model)])
-    return np.asarray(rows)
+def member_logits(model, ds: ClipDataset) -> np.ndarray:
+    """(cases, members) logits, scored as evaluation scores them with the dataset's spec (its
+    temporal views and flip averaging)."""
+    return np.stack([score_logits(m, ds) for m in members_of(model)], axis=1)
 
 
 def sweep(run: Path, views: list[int], flips: tuple[bool, ...] = (False, True)) -> dict:
@@ -59,7 +55,7 @@ def sweep(run: Path, views: list[int], flips: tuple[bool, ...] = (False, True)) 
                 ds = ClipDataset(root, split, spec, manifest=manifest, records=records)
                 if not len(ds):
                     continue
-                logits, labels = member_logits(model, ds, flip), ds.labels
+                logits, labels = member_logits(model, ds), ds.labels
                 block[split] = {
                     "ensemble": round(float(roc_auc_score(labels, logits.mean(1))), 4),
                     "members": [round(float(roc_auc_score(labels, c)), 4) for c in logits.T],

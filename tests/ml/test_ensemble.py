@@ -150,31 +150,3 @@ def test_single_runs_refuse_members():
         train(_config(), "unused", "unused")
     with pytest.raises(ValueError, match="members is 1"):
         _config(members=0)
-
-
-def _view_sweep_module():
-    """benchmarks/view_sweep.py, which is a script, not a package module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "view_sweep.py"
-    spec = importlib.util.spec_from_file_location("view_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_view_sweep_reads_out_the_run_as_evaluation_scores_it(ensemble_run):
-    from sklearn.metrics import roc_auc_score
-
-    _, run, _ = ensemble_run
-    evaluate_run(run, localisation=False)
-    result = _view_sweep_module().sweep(run, [1, 2], flips=(False,))
-    assert result["trained_views"] == 1 and set(result) >= {"1", "2"}
-    # at the run's own views, the ensemble's AUROC is evaluation's, split by split
-    preds = read_predictions(run / "predictions.csv")
-    for split, block in result["1"]["plain"].items():
-        rows = [p for p in preds if p["split"] == split]
-        expected = roc_auc_score([p["label"] for p in rows], [p["probability"] for p in rows])
-        assert block["ensemble"] == pytest.approx(expected, abs=1e-4)
-        assert len(block["members"]) == 2

@@ -1,5 +1,6 @@
-"""Read-outs of trained runs: benchmarks/snapshot_sweep.py (which epoch's weights a run keeps)
-and benchmarks/member_combinations.py (how many members an ensemble has)."""
+"""Read-outs of trained runs: benchmarks/snapshot_sweep.py (which epoch's weights a run keeps),
+benchmarks/member_combinations.py (how many members an ensemble has) and
+benchmarks/view_sweep.py (how many temporal views it scores)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def _module(name: str = "snapshot_sweep"):
     return module
 
 
+def evaluation_aurocs(run: Path) -> dict[str, float]:
+    """`ml evaluate`'s AUROC per split, from the run's predictions.csv."""
+    from sklearn.metrics import roc_auc_score
+
+    evaluate_run(run, localisation=False)
+    preds = read_predictions(run / "predictions.csv")
+    return {split: roc_auc_score([p["label"] for p in preds if p["split"] == split],
+                                 [p["probability"] for p in preds if p["split"] == split])
+            for split in {p["split"] for p in preds}}
+
+
 @pytest.fixture(scope="module")
 def snapshot_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("snapshots")
@@ -38,7 +50,6 @@ def snapshot_run(tmp_path_factory):
 
 
 def test_every_rule_is_read_out_and_the_runs_own_choice_is_evaluations(snapshot_run):
-    from sklearn.metrics import roc_auc_score
 
     result = _module().sweep(snapshot_run)
     assert set(result["rules"]) == {"best_val", "last", "top3_val", "mean_last5", "mean_all",
@@ -49,12 +60,9 @@ def test_every_rule_is_read_out_and_the_runs_own_choice_is_evaluations(snapshot_
         assert member["best_epoch"] == config["best_epoch"]
         assert sorted(member["top3_epochs"]) == [2, 3]
     # the run's own choice scores as `ml evaluate` scores the run, split by split
-    evaluate_run(snapshot_run, localisation=False)
-    preds = read_predictions(snapshot_run / "predictions.csv")
+    expected = evaluation_aurocs(snapshot_run)
     for split, block in result["rules"]["best_val"].items():
-        rows = [p for p in preds if p["split"] == split]
-        expected = roc_auc_score([p["label"] for p in rows], [p["probability"] for p in rows])
-        assert block["ensemble"] == pytest.approx(expected, abs=1e-4)
+        assert block["ensemble"] == pytest.approx(expected[split], abs=1e-4)
         assert len(block["members"]) == 2
 
 
@@ -68,7 +76,6 @@ def test_a_run_without_snapshots_is_a_usage_error(tmp_path, capsys):
 
 
 def test_member_combinations_rebuild_the_ensemble_from_its_members(snapshot_run, tmp_path):
-    from sklearn.metrics import roc_auc_score
 
     out = tmp_path / "combinations.json"
     assert _module("member_combinations").main([str(snapshot_run), "--out", str(out)]) == 0
@@ -80,12 +87,9 @@ def test_member_combinations_rebuild_the_ensemble_from_its_members(snapshot_run,
                                          for m in ("seed-0", "seed-1")}
         assert block["min"] <= block["mean"] <= block["max"]
     # the two-member combination is the run itself, as `ml evaluate` scores it
-    evaluate_run(snapshot_run, localisation=False)
-    preds = read_predictions(snapshot_run / "predictions.csv")
+    expected = evaluation_aurocs(snapshot_run)
     for split, block in two.items():
-        rows = [p for p in preds if p["split"] == split]
-        expected = roc_auc_score([p["label"] for p in rows], [p["probability"] for p in rows])
-        assert block["combinations"]["seed-0+seed-1"] == pytest.approx(expected, abs=1e-4)
+        assert block["combinations"]["seed-0+seed-1"] == pytest.approx(expected[split], abs=1e-4)
         assert block["at_or_above_goal"] == (1.0 if block["mean"] >= 0.90 else 0.0)
 
 
@@ -100,3 +104,13 @@ def test_member_combinations_refuses_what_it_cannot_compare(snapshot_run, tmp_pa
         _module("member_combinations").main([a.format(**paths) for a in args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_view_sweep_reads_out_the_run_as_evaluation_scores_it(snapshot_run):
+    result = _module("view_sweep").sweep(snapshot_run, [1, 2], flips=(False,))
+    assert result["trained_views"] == 1 and set(result) >= {"1", "2"}
+    # at the run's own views, the ensemble's AUROC is evaluation's, split by split
+    expected = evaluation_aurocs(snapshot_run)
+    for split, block in result["1"]["plain"].items():
+        assert block["ensemble"] == pytest.approx(expected[split], abs=1e-4)
+        assert len(block["members"]) == 2
