@@ -228,6 +228,15 @@ def marks_present(doc: dict) -> dict[str, bool]:
 # --- Training targets ------------------------------------------------------------------------
 
 
+def tirads_training_points(doc: dict) -> dict[str, int | None]:
+    """The annotation's TI-RADS features as ACR points, {feature: points or None where not
+    read}, for the training manifest's `tirads_<feature>` columns (`ml.tirads`): the targets
+    of the auxiliary TI-RADS head."""
+    from ml.tirads import feature_points
+
+    return feature_points(doc.get("tirads") or {})
+
+
 def training_targets(
     doc: dict,
     *,

@@ -23,27 +23,12 @@ from django.db import transaction
 from annotations import annotation_format as fmt
 from annotations import workspace
 from annotations.models import Annotation, User, Video
+from ml.synthetic import tirads_reading
 
 logger = logging.getLogger(__name__)
 
 # The own annotation's state, video by video of a centre, in turn.
 STATES = ("accepted", "submitted", "changes_requested", "submitted", "draft")
-
-
-def _tirads_from_meta(meta: dict) -> dict:
-    echo = float(meta.get("echo", 0.5))
-    foci = [name for name, present in (
-        ("macro", meta.get("n_macro", 0) > 0), ("rim", bool(meta.get("rim"))),
-        ("punctate", meta.get("n_micro", 0) > 0)) if present] or ["none"]
-    margin = meta.get("margin", "smooth")
-    return {
-        "composition": "mixed" if meta.get("cystic") else "solid",
-        "echogenicity": "very_hypo" if echo < 0.3 else "hypo" if echo < 0.55 else "hyper_iso",
-        "shape": "taller" if meta.get("taller_than_wide") else "wider",
-        "margin": margin if margin in ("smooth", "ill_defined", "lobulated", "extrathyroidal")
-        else "smooth",
-        "echogenic_foci": foci,
-    }
 
 
 def _second_read(data: dict, index: int) -> dict:
@@ -116,7 +101,7 @@ def demo_annotations_seed(*, cases_dir: Path, people: dict[str, dict[str, User]]
         with np.load(truth) as arrays:
             data = fmt.document_from_truth(arrays["mask"], arrays["boxes"], key_every=8)
             meta = json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
-        data["tirads"] = _tirads_from_meta(meta)
+        data["tirads"] = tirads_reading(meta)
         data = fmt.validate_document(data, n_frames=video.frame_count)
         index = per_centre.get(row["centre"], 0)
         per_centre[row["centre"]] = index + 1

@@ -14,6 +14,8 @@ from decimal import Decimal
 
 from django.db import models
 
+from ml import tirads as chart
+
 
 class Composition(models.TextChoices):
     CYSTIC = "cystic", "Cystic or almost completely cystic"
@@ -48,31 +50,13 @@ class EchogenicFoci(models.TextChoices):
     PUNCTATE = "punctate", "Punctate echogenic foci"
 
 
-COMPOSITION_POINTS = {
-    Composition.CYSTIC: 0,
-    Composition.SPONGIFORM: 0,
-    Composition.MIXED: 1,
-    Composition.SOLID: 2,
-}
-ECHOGENICITY_POINTS = {
-    Echogenicity.ANECHOIC: 0,
-    Echogenicity.HYPER_ISO: 1,
-    Echogenicity.HYPO: 2,
-    Echogenicity.VERY_HYPO: 3,
-}
-SHAPE_POINTS = {Shape.WIDER: 0, Shape.TALLER: 3}
-MARGIN_POINTS = {
-    Margin.SMOOTH: 0,
-    Margin.ILL_DEFINED: 0,
-    Margin.LOBULATED: 2,
-    Margin.EXTRATHYROIDAL: 3,
-}
-FOCI_POINTS = {
-    EchogenicFoci.NONE: 0,
-    EchogenicFoci.MACRO: 1,
-    EchogenicFoci.RIM: 2,
-    EchogenicFoci.PUNCTATE: 3,
-}
+# The points are the chart in `ml.tirads` (one copy, also used for training targets), keyed here
+# by the form's choices.
+COMPOSITION_POINTS = {Composition(k): v for k, v in chart.COMPOSITION_POINTS.items()}
+ECHOGENICITY_POINTS = {Echogenicity(k): v for k, v in chart.ECHOGENICITY_POINTS.items()}
+SHAPE_POINTS = {Shape(k): v for k, v in chart.SHAPE_POINTS.items()}
+MARGIN_POINTS = {Margin(k): v for k, v in chart.MARGIN_POINTS.items()}
+FOCI_POINTS = {EchogenicFoci(k): v for k, v in chart.FOCI_POINTS.items()}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -24,10 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ml.tirads import FEATURES as TIRADS_FEATURES
+from ml.tirads import MAX_POINTS as TIRADS_MAX_POINTS
+from ml.tirads import tirads_targets
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "internal_test", "external_test")
-MANIFEST_COLUMNS = ("case_id", "patient", "centre", "split", "label", "clip", "mask", "boxes")
+MANIFEST_COLUMNS = ("case_id", "patient", "centre", "split", "label", "clip", "mask", "boxes",
+                    *(f"tirads_{name}" for name in TIRADS_FEATURES))
 
 # Calcification type codes (docs/ml-interfaces.md). When a resize or warp merges pixels of
 # different codes, the most specific sign wins: punctate foci (1) are what the model must not
@@ -55,6 +60,31 @@ class CaseRecord:
     clip: str  # path relative to the dataset directory
     mask: str | None = None
     boxes: str | None = None
+    # A reader's ACR TI-RADS points per feature (ml.tirads.FEATURES), None where not read:
+    # the targets of the auxiliary TI-RADS head.
+    tirads_composition: int | None = None
+    tirads_echogenicity: int | None = None
+    tirads_shape: int | None = None
+    tirads_margin: int | None = None
+
+    @property
+    def tirads_points(self) -> dict[str, int | None]:
+        return {name: getattr(self, f"tirads_{name}") for name in TIRADS_FEATURES}
+
+
+def _tirads_columns(row: Mapping, where: str) -> dict[str, int | None]:
+    """The optional `tirads_<feature>` columns of a manifest row: integer points within the
+    feature's range, or empty."""
+    out: dict[str, int | None] = {}
+    for name, top in zip(TIRADS_FEATURES, TIRADS_MAX_POINTS, strict=True):
+        raw = (row.get(f"tirads_{name}") or "").strip()
+        if not raw:
+            out[f"tirads_{name}"] = None
+            continue
+        if not raw.isdigit() or int(raw) > top:
+            raise DataError(f"{where}: tirads_{name} {raw!r} is not TI-RADS points 0-{top}")
+        out[f"tirads_{name}"] = int(raw)
+    return out
 
 
 def read_manifest(root: str | Path, manifest: str = "manifest.csv") -> list[CaseRecord]:
@@ -85,6 +115,7 @@ def read_manifest(root: str | Path, manifest: str = "manifest.csv") -> list[Case
                     clip=row["clip"],
                     mask=row.get("mask") or None,
                     boxes=row.get("boxes") or None,
+                    **_tirads_columns(row, f"{path}:{line}"),
                 )
             )
     return records
@@ -205,8 +236,7 @@ def _replace_split(r: CaseRecord, split: str, prefix: str = "") -> CaseRecord:
     def rel(p):
         return None if p is None else prefix + p
 
-    return CaseRecord(r.case_id, r.patient, r.centre, split, r.label, rel(r.clip), rel(r.mask),
-                      rel(r.boxes))
+    return replace(r, split=split, clip=rel(r.clip), mask=rel(r.mask), boxes=rel(r.boxes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,11 +618,12 @@ class ClipDataset(Dataset):
 
     Items: `clip` float32 (1, T, H, W) (or (1, H, W) for 2D specs), `label` int64, `case_id`,
     `centre`, `mask` uint8 (T, H, W) (or (H, W)) type codes aligned to the clip (zeros when the
-    case has none), `has_mask` bool. Clips are memory-mapped, so a worker reads only the
-    frames it samples. Training items are augmented; the randomness of an item depends only on
-    (seed, epoch, index, draw), which `BalancedSampler` passes as the item key, so results do
-    not depend on the number of loader workers (persistent or not), and resuming a run replays
-    it exactly.
+    case has none), `has_mask` bool, `tirads` float32 (4,) the reader's TI-RADS feature points
+    scaled to [0, 1] (`ml.tirads.tirads_targets`; NaN where not read). Clips are
+    memory-mapped, so a worker reads only the frames it samples. Training items are augmented;
+    the randomness of an item depends only on (seed, epoch, index, draw), which
+    `BalancedSampler` passes as the item key, so results do not depend on the number of loader
+    workers (persistent or not), and resuming a run replays it exactly.
     """
 
     def __init__(
@@ -652,6 +683,7 @@ class ClipDataset(Dataset):
             "centre": r.centre,
             "mask": torch.from_numpy(out["mask"]),
             "has_mask": torch.tensor(mask is not None),
+            "tirads": torch.from_numpy(tirads_targets(r.tirads_points)),
         }
 
 
@@ -807,6 +839,8 @@ def build_dataset_from_import_folder(
     for sub in ("clips", "masks", "boxes"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     report = BuildReport(source=str(src), size=size, seed=seed, external=external)
+    # only `ml synth` folders have a generator whose features stand for a reader's TI-RADS
+    synthetic = (src / "synthetic.json").is_file()
     records: list[CaseRecord] = []
     seen: Counter = Counter()
     for row in tqdm(rows, desc="videos", unit="video", disable=not progress):
@@ -832,6 +866,13 @@ def build_dataset_from_import_folder(
                     z["mask"] if "mask" in z else None, z["boxes"] if "boxes" in z else None,
                     region, size, len(clip),
                 )
+                meta = json.loads(str(z["meta"])) if "meta" in z else None
+            if meta is not None and synthetic:  # the generator's features, read as TI-RADS
+                from ml.synthetic import tirads_reading
+                from ml.tirads import feature_points
+
+                points = feature_points(tirads_reading(meta))
+                rec.update({f"tirads_{k}": v for k, v in points.items()})
             if mask is not None:
                 rec["mask"] = f"masks/{case_id}.npy"
                 np.save(out / rec["mask"], mask)

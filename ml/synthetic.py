@@ -32,7 +32,7 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -174,6 +174,26 @@ class NoduleSpec:
             "n_micro": kinds.count(MICRO), "n_macro": kinds.count(MACRO),
             "rim": RIM in kinds, "n_comet": kinds.count(COMET),
         }
+
+
+def tirads_reading(meta: Mapping) -> dict:
+    """A reader's ACR TI-RADS options for a nodule, from its generator features
+    (`NoduleSpec.features()`, the `meta` of `truth/<stem>.npz`): what the demo's annotations
+    record and what `ml dataset` turns into auxiliary targets (`ml.tirads`). Irregular and
+    lobulated margins are both ACR's "lobulated or irregular"; echogenicity is read from the
+    nodule's echo relative to the parenchyma."""
+    echo = float(meta.get("echo", 0.5))
+    foci = [name for name, present in (
+        ("macro", meta.get("n_macro", 0) > 0), ("rim", bool(meta.get("rim"))),
+        ("punctate", meta.get("n_micro", 0) > 0)) if present] or ["none"]
+    margin = meta.get("margin", "smooth")
+    return {
+        "composition": "mixed" if meta.get("cystic") else "solid",
+        "echogenicity": "very_hypo" if echo < 0.3 else "hypo" if echo < 0.55 else "hyper_iso",
+        "shape": "taller" if meta.get("taller_than_wide") else "wider",
+        "margin": "lobulated" if margin in ("lobulated", "irregular") else "smooth",
+        "echogenic_foci": foci,
+    }
 
 
 @dataclass(frozen=True)

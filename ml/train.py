@@ -87,6 +87,8 @@ class TrainConfig:
     # used only when the batch has masks and the model has attention maps
     focus_loss_weight: float = 1.0  # supervision of a focus head (IRv2 `focus_head`) by the
     # punctate marks; used only when the model has one and the batch has masks
+    tirads_loss_weight: float = 1.0  # supervision of an auxiliary TI-RADS head (IRv2
+    # `tirads_head`) by the readers' feature points; used only when the model has one
     evidence_loss_weight: float = 1.0  # classification loss on the focus evidence's own
     # logit (IRv2 `focus_logit`), so that the evidence separates the classes by itself
     evidence_lr_scale: float = 1.0  # learning rate of that logit's linear layer, as a multiple
@@ -433,6 +435,8 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     out["label"] = batch["label"].to(device, non_blocking=True)
     out["mask"] = batch["mask"].to(device, non_blocking=True)
     out["has_mask"] = batch["has_mask"].to(device, non_blocking=True)
+    if "tirads" in batch:
+        out["tirads"] = batch["tirads"].to(device, non_blocking=True)
     return out
 
 
@@ -485,6 +489,11 @@ def train_one_epoch(
 
                     loss = loss + cfg.focus_loss_weight * focus_loss(
                         focus, batch["mask"], batch["has_mask"])
+                tirads = getattr(raw_model, "tirads_logits", None)
+                if tirads is not None and cfg.tirads_loss_weight > 0 and "tirads" in batch:
+                    from ml.models import tirads_loss
+
+                    loss = loss + cfg.tirads_loss_weight * tirads_loss(tirads, batch["tirads"])
                 evidence = getattr(raw_model, "evidence_logits", None)
                 if evidence is not None and cfg.evidence_loss_weight > 0:
                     loss = loss + cfg.evidence_loss_weight * F.binary_cross_entropy_with_logits(

@@ -30,6 +30,7 @@ from .attention import (
     attention_supervision_loss,
     calcification_target,
     focus_loss,
+    tirads_loss,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "attention_supervision_loss",
     "calcification_target",
     "focus_loss",
+    "tirads_loss",
     "create_model",
     "gradcam_layer",
     "gradcam_layers",

@@ -164,3 +164,24 @@ def focus_loss(
     weight = torch.tensor(pos_weight, device=logits.device)
     bce = F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight, reduction="none")
     return bce.flatten(1).mean(1).sum() / focus_logits.shape[0]
+
+
+def tirads_loss(tirads_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Supervision of the auxiliary TI-RADS head (logits (B, F)) with a reader's feature points
+    scaled to [0, 1] (`ml.tirads.tirads_targets`, (B, F), NaN where not read).
+
+    BCE with the scaled points as soft targets: an ordinal feature (echogenicity 0-3 points)
+    is one number the head must rank, not F classes. Features that were not read add nothing;
+    the sum is divided by B x F, so a batch with few readings gets a proportionally smaller
+    push, as in `attention_supervision_loss`.
+    """
+    if tirads_logits.shape != targets.shape:
+        raise ValueError(f"TI-RADS logits {tuple(tirads_logits.shape)} and targets "
+                         f"{tuple(targets.shape)} differ")
+    targets = targets.to(tirads_logits.device, torch.float32)
+    read = ~torch.isnan(targets)
+    if not bool(read.any()):
+        return tirads_logits.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(
+        tirads_logits.float(), torch.nan_to_num(targets), reduction="none")
+    return (bce * read).sum() / targets.numel()

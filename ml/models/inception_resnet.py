@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ml.tirads import FEATURES as TIRADS_FEATURES
+
 from .attention import CalcificationAttention
 from .layers import ConvNormAct, along, avg_pool, check_dims, conv, global_avg_pool, inflate
 from .layers import max_pool as _max_pool
@@ -79,6 +81,12 @@ class IRv2Config:
     # informative late in training, so the layer also needs `TrainConfig.evidence_lr_scale`
     # to move in time (docs/ml-results.md, "Seventh round").
     focus_norm: bool = False
+    # An auxiliary head that reads a reader's ACR TI-RADS features (composition, echogenicity,
+    # shape, margin; `ml.tirads`) from the pooled features, taught by the readers' points
+    # (`ml.models.tirads_loss`): the nodule cues other than the foci, which a malignant
+    # nodule without foci must be recognised by. The classifier does not read the head; the
+    # head only shapes the features both share. Its logits are `tirads_logits`.
+    tirads_head: bool = False
 
 
 PRESETS = {
@@ -350,6 +358,10 @@ class InceptionResNetV2(nn.Module):
                 nn.init.zeros_(self.evidence_fc.bias)
             evidence = 0  # the trunk's classifier reads the pooled features only
         self.fc = nn.Linear(self.num_features + evidence, num_classes)
+        self.tirads_fc: nn.Linear | None = None
+        if cfg.tirads_head:
+            self.tirads_fc = nn.Linear(self.num_features, len(TIRADS_FEATURES))
+        self.tirads_logits: torch.Tensor | None = None
 
     def _stage(self, b: _Builder, name: str, blocks: list[nn.Module], c: int) -> nn.Sequential:
         if name in self.cfg.attention:
@@ -395,6 +407,8 @@ class InceptionResNetV2(nn.Module):
         if self.cfg.pooling == "avgmax":
             pooled = torch.cat([pooled, x.flatten(2).amax(2)], dim=1)  # (B, 3072)
         pooled = self.dropout(pooled)
+        if self.tirads_fc is not None:
+            self.tirads_logits = self.tirads_fc(pooled)  # (B, 4)
         if self.focus_head is None:
             return self.fc(pooled)  # (B, K)
         focus = self.focus_logits.detach() if self.cfg.focus_detach else self.focus_logits

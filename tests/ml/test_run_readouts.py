@@ -1,5 +1,6 @@
 """Read-outs of trained runs: benchmarks/snapshot_sweep.py (which epoch's weights a run keeps),
-benchmarks/member_combinations.py (how many members an ensemble has) and
+benchmarks/member_combinations.py (how many members an ensemble has),
+benchmarks/paired_configs.py (two configurations, seed for seed) and
 benchmarks/view_sweep.py (how many temporal views it scores)."""
 
 from __future__ import annotations
@@ -114,3 +115,40 @@ def test_view_sweep_reads_out_the_run_as_evaluation_scores_it(snapshot_run):
     for split, block in result["1"]["plain"].items():
         assert block["ensemble"] == pytest.approx(expected[split], abs=1e-4)
         assert len(block["members"]) == 2
+
+
+def test_paired_configs_compare_the_same_seeds_ensemble_by_ensemble(snapshot_run, tmp_path,
+                                                                    capsys):
+    a_path = tmp_path / "a.json"
+    _module("member_combinations").main([str(snapshot_run), "--out", str(a_path)])
+    a = json.loads(a_path.read_text())
+    data = Path(json.loads((snapshot_run / "config.json").read_text())["data_root"])
+    paired = _module("paired_configs")
+    labels = paired.split_labels(data)
+    # B: the same seeds, but members that rank every case right
+    b = json.loads(a_path.read_text())
+    for member in b["members"].values():
+        for split, block in member.items():
+            block["logits"] = [5.0 if y else -5.0 for y in labels[split]]
+    b_path = tmp_path / "b.json"
+    b_path.write_text(json.dumps(b))
+    assert paired.main([str(a_path), str(b_path), "--data", str(data)]) == 0
+    result = paired.compare(a, b, labels, 2)
+    for split, s in result["splits"].items():
+        assert s["n_combinations"] == 1 and s["b_mean"] == 1.0
+        assert s["a_mean"] == pytest.approx(a["by_members"]["2"][split]["mean"], abs=1e-4)
+        assert s["b_minus_a_mean"] == pytest.approx(1.0 - s["a_mean"], abs=1e-4)
+        assert s["b_better_share"] == (1.0 if s["a_mean"] < 1.0 else 0.0)
+    # a configuration against itself: no difference anywhere, DeLong p = 1
+    same = paired.compare(a, a, labels, 2)
+    for tests in same["trained_pairs"].values():
+        assert all(t["b_minus_a"] == 0 for t in tests.values())
+        # DeLong on the splits with two cases of each class; the tiny internal test has one
+        assert tests["val"]["p"] == 1.0 and tests["internal_test"]["p"] is None
+    assert "seed-0+seed-1" in capsys.readouterr().out
+    # read-outs of another dataset are refused, not compared
+    b["members"]["seed-0"]["val"]["logits"].append(0.0)
+    b_path.write_text(json.dumps(b))
+    with pytest.raises(SystemExit) as exc:
+        paired.main([str(a_path), str(b_path), "--data", str(data)])
+    assert exc.value.code == 2 and "another dataset" in capsys.readouterr().err

@@ -251,6 +251,82 @@ def test_the_evidence_logit_has_a_classification_loss_of_its_own(tiny, tmp_path,
     assert weighted > alone + 0.5
 
 
+class TinyTiradsNet(TinyNet):
+    """TinyNet with an auxiliary TI-RADS head on its pooled features, as IRv2's `tirads_head`."""
+
+    def __init__(self, spatial_dims: int = 3):
+        super().__init__(spatial_dims)
+        self.tirads_fc = nn.Linear(8, 4)
+        self.tirads_logits = None
+
+    def forward(self, x):
+        f = torch.relu(self.norm(self.conv(x))).flatten(2).amax(2)  # (B, 8)
+        self.tirads_logits = self.tirads_fc(f)
+        return self.fc(self.drop(f))
+
+
+def _with_tirads_readings(root: Path) -> Path:
+    """The tiny dataset with TI-RADS points: malignant nodules very hypoechoic and lobulated,
+    benign ones iso- and smooth; one case of each split unread."""
+    records, seen = [], set()
+    for r in read_manifest(root):
+        unread = r.split not in seen
+        seen.add(r.split)
+        records.append(dataclasses.replace(
+            r, tirads_composition=None if unread else 2,
+            tirads_echogenicity=None if unread else (3 if r.label else 1),
+            tirads_shape=None if unread else 0,
+            tirads_margin=None if unread else (2 if r.label else 0)))
+    write_manifest(root / "manifest.csv", records)
+    return root
+
+
+def test_the_tirads_head_learns_from_the_readings_only_when_weighted(tiny, tmp_path,
+                                                                     monkeypatch):
+    _with_tirads_readings(tiny)
+    models: dict[float, TinyTiradsNet] = {}
+
+    def build(cfg):
+        models[cfg.tirads_loss_weight] = TinyTiradsNet()
+        return models[cfg.tirads_loss_weight]
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+
+    def first_loss(weight: float) -> float:
+        run = tmp_path / f"run-{weight}"
+        torch.manual_seed(0)
+        train(tiny_config(epochs=1, tirads_loss_weight=weight, attention_loss_weight=0.0),
+              tiny, run)
+        return next(e["loss"] for e in _events(run) if e["event"] == "step")
+
+    alone, weighted = first_loss(0.0), first_loss(5.0)
+    assert weighted > alone + 0.5  # the weighted BCE of the readings adds on
+    # the head's weights move only when its loss is on (no gradient, no AdamW step)
+    torch.manual_seed(0)
+    init = TinyTiradsNet()
+    assert torch.equal(models[0.0].tirads_fc.weight, init.tirads_fc.weight)
+    assert not torch.equal(models[5.0].tirads_fc.weight, init.tirads_fc.weight)
+
+
+def test_an_irv2_tirads_head_trains_and_its_run_predicts(tiny, tmp_path):
+    _with_tirads_readings(tiny)
+    cfg = make_config("small", arch="irv2_cam", frames=6, size=32, batch_size=4, epochs=1,
+                      num_workers=0, threads=1, log_every=1,
+                      model_options={"tirads_head": True})
+    torch.manual_seed(cfg.seed)
+    untrained = train_mod.build_model(cfg).tirads_fc.weight.detach().clone()
+    summary = train(cfg, tiny, tmp_path / "run")
+    assert summary["best_epoch"] == 1
+    from ml.inference import load_model, predict, spec_of
+
+    loaded, config = load_model(tmp_path / "run")
+    assert config["train"]["model_options"]["tirads_head"] is True
+    assert not torch.equal(loaded.tirads_fc.weight, untrained)
+    spec = spec_of(config)
+    clip, _, boxes = ClipDataset(tiny, "val", spec).load(0)
+    assert 0 <= predict(loaded, clip, spec, boxes=boxes) <= 1
+
+
 class Interrupt(Exception):
     pass
 

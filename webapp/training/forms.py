@@ -54,7 +54,7 @@ class RunForm(forms.Form):
         self.fields["gpus"].widget.attrs["max"] = setting("MAX_GPUS")
         defaults = hp.defaults("small")
         for p in hp.PARAMETERS:
-            label = p.name.replace("_", " ")
+            label = p.label
             if p.kind is bool:
                 field = forms.TypedChoiceField(
                     choices=[("", f"preset ({'on' if defaults[p.name] else 'off'})"),

@@ -24,6 +24,11 @@ class Param:
     # a keyword of the architecture (`TrainConfig.model_options`), not a TrainConfig field
     model_option: bool = False
 
+    @property
+    def label(self) -> str:
+        """The name a person reads on the form and in errors."""
+        return self.name.replace("_", " ").replace("tirads", "TI-RADS")
+
 
 PARAMETERS: tuple[Param, ...] = (
     Param("epochs", int, 1, 1000, "Upper bound; early stopping may end the run sooner."),
@@ -74,6 +79,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("focus_norm", bool, model_option=True,
           help="The focus evidence is standardised before its own logit, so that the logit "
                "learns from how the evidence varies, not its offset (needs focus logit)."),
+    Param("tirads_head", bool, model_option=True,
+          help="An auxiliary head taught to read the annotators' TI-RADS composition, "
+               "echogenicity, shape and margin from the network's features (InceptionResNetV2 "
+               "models; cases without a TI-RADS reading teach it nothing)."),
+    Param("tirads_loss_weight", float, 0.0, 100.0,
+          "Weight of the TI-RADS head's supervision by the annotators' readings."),
     Param("focus_loss_weight", float, 0.0, 100.0,
           "Weight of the focus head's supervision by the punctate marks."),
     Param("evidence_loss_weight", float, 0.0, 100.0,
@@ -192,7 +203,8 @@ def input_refusal(arch: str, preset: str, frames: int, size: int,
             shape = (1, 1, frames, size, size) if dims == 3 else (1, 1, size, size)
             model(torch.zeros(shape))
     except TypeError:  # a keyword the architecture does not have
-        names = " or ".join(k.replace("_", " ") for k, _ in options)
+        names = " or ".join(BY_NAME[k].label if k in BY_NAME else k.replace("_", " ")
+                            for k, _ in options)
         return f"{arch} has no option {names}: only the InceptionResNetV2 models have one."
     except (RuntimeError, ValueError) as exc:
         what = f"{frames} frames of {size} x {size} pixels" if dims == 3 else \

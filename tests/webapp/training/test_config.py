@@ -32,6 +32,8 @@ from webapp.training.models import TrainingRun
         ({"focus_logit": 1}, "focus_logit", "must be a bool"),
         ({"evidence_lr_scale": 0}, "evidence_lr_scale", "at least 0.01"),
         ({"focus_norm": "yes"}, "focus_norm", "must be a bool"),
+        ({"tirads_head": "yes"}, "tirads_head", "must be a bool"),
+        ({"tirads_loss_weight": -0.5}, "tirads_loss_weight", "at least 0.0"),
     ],
 )
 def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
@@ -57,6 +59,8 @@ def test_hyperparameters_out_of_shape_are_refused(values, field, reason):
          "turn the focus head on too"),
         ("r3d_18", {"focus_head": True, "focus_count": True}, 1, "focus_count",
          "r3d_18 has no option focus count or focus head"),
+        ("x3d_s", {"tirads_head": True}, 1, "tirads_head",
+         "x3d_s has no option TI-RADS head: only the InceptionResNetV2 models"),
     ],
 )
 def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason):
@@ -90,6 +94,8 @@ def test_options_a_run_cannot_take_are_refused(arch, values, gpus, field, reason
         ("irv2_cam", {"roi_max_side": 112}, {"roi_max_side": 112}),
         ("irv2_cam", {"roi_max_side": 112, "context_channel": True},
          {"roi_max_side": 112, "context_channel": True}),
+        ("irv2_cam", {"tirads_head": True, "tirads_loss_weight": 2.0},
+         {"tirads_loss_weight": 2.0, "model_options": {"tirads_head": True}}),
         # "off" for an option the preset does not set changes nothing, on any architecture
         ("r3d_18", {"focus_head": False, "flip_average": True}, {"flip_average": True}),
     ],

@@ -166,6 +166,32 @@ def test_accepted_annotations_are_frozen_and_exported_as_masks_and_boxes(cohort,
         "id": annotations[0].pk, "version": 3}
 
 
+def test_the_annotations_tirads_reading_is_exported_as_points(cohort, engineer, tmp_path):
+    from annotations.models import Video
+    from ml.data import ClipDataset, ClipSpec, read_manifest
+    from tests.webapp.training.conftest import ANNOTATION
+
+    read, unread = Video.objects.filter(
+        nodule__patient__centre=cohort["development"]).order_by("pk")[:2]
+    accept_consensus(read, doc={**ANNOTATION, "tirads": {
+        "composition": "solid", "echogenicity": "very_hypo", "shape": "wider",
+        "margin": "lobulated", "echogenic_foci": ["punctate"]}})
+    accept_consensus(unread)  # marks only, no TI-RADS
+    snapshot = frozen_snapshot(engineer, cohort)
+    out = tmp_path / "export"
+    call_command("export_dataset", "--snapshot", str(snapshot.pk), "--out", str(out))
+    by_video = {c.video_id: c.case_id for c in snapshot.cases.all()}
+    records = {r.case_id: r for r in read_manifest(out)}
+    assert records[by_video[read.pk]].tirads_points == {
+        "composition": 2, "echogenicity": 3, "shape": 0, "margin": 2}
+    for video_id, case_id in by_video.items():
+        if video_id != read.pk:
+            assert set(records[case_id].tirads_points.values()) == {None}
+    ds = ClipDataset(out, None, ClipSpec(frames=8, size=(32, 32)))
+    item = ds[[r.case_id for r in ds.records].index(by_video[read.pk])]
+    assert np.allclose(item["tirads"].numpy(), [1.0, 1.0, 0.0, 2 / 3])
+
+
 def test_only_accepted_annotations(cohort, engineer):
     from annotations.models import Video
 

@@ -177,9 +177,10 @@ def snapshot_freeze(
 def snapshot_export(*, snapshot: DatasetSnapshot, out: Path, user: User | None = None) -> dict:
     """Write the dataset directory `ml.data` reads: `manifest.csv`, `clips/<case>.npy`
     (copied from storage as frozen), `masks/` and `boxes/` from the frozen annotations
-    (`annotations.annotation_format.training_targets`, aligned to the clip) and
+    (`annotations.annotation_format.training_targets`, aligned to the clip), the
+    annotations' TI-RADS points in the manifest's `tirads_<feature>` columns, and
     `dataset.json`. `out` must not exist or be empty."""
-    from annotations.annotation_format import training_targets
+    from annotations.annotation_format import tirads_training_points, training_targets
     from ml.data import CaseRecord, write_manifest
 
     out = Path(out)
@@ -203,6 +204,10 @@ def snapshot_export(*, snapshot: DatasetSnapshot, out: Path, user: User | None =
             raise SnapshotError(f"The clip of case {case.case_id} is {list(shape)}, not the "
                                 f"frozen {case.clip_shape}.")
         mask_rel = boxes_rel = None
+        readings = {}
+        if case.annotation is not None:
+            readings = {f"tirads_{name}": points for name, points
+                        in tirads_training_points(case.annotation).items()}
         if case.annotation is not None and case.region:
             mask, boxes = training_targets(case.annotation, n_frames=int(shape[0]),
                                            region=case.region, clip_hw=tuple(shape[1:]))
@@ -210,7 +215,8 @@ def snapshot_export(*, snapshot: DatasetSnapshot, out: Path, user: User | None =
             np.save(out / mask_rel, mask)
             np.save(out / boxes_rel, boxes)
         records.append(CaseRecord(case.case_id, case.patient_code, case.centre_code,
-                                  case.split, int(case.label), rel, mask_rel, boxes_rel))
+                                  case.split, int(case.label), rel, mask_rel, boxes_rel,
+                                  **readings))
     write_manifest(out / "manifest.csv", records)
     info = {"snapshot": snapshot.pk, "name": snapshot.name, "counts": snapshot.counts,
             "centres": snapshot.centres, "external_centres": snapshot.external_centres,
