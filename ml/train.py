@@ -251,6 +251,19 @@ def check_splits(records, min_per_class: int) -> dict:
     return counts
 
 
+def check_tirads_readings(model: nn.Module, cfg: TrainConfig, records) -> None:
+    """A TI-RADS head with nothing to learn from is a mistake, not a run: refuse it."""
+    if getattr(model, "tirads_fc", None) is None or cfg.tirads_loss_weight <= 0:
+        return
+    if not any(v is not None for r in records if r.split == "train"
+               for v in r.tirads_points.values()):
+        raise DataError(
+            "the TI-RADS head is on, but no training case has a TI-RADS reading (the "
+            "manifest's tirads_<feature> columns are empty). Export a snapshot whose accepted "
+            "annotations record TI-RADS, rebuild the dataset with this version of "
+            "`ml dataset`, or turn the head off.")
+
+
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Linear warm-up from 1/warmup to 1, then cosine decay to min_ratio."""
     if step < warmup_steps:
@@ -631,6 +644,7 @@ def _train(cfg, data_root, run_dir, ckpt_path, resume, dist, metrics, show_progr
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     raw_model = build_model(cfg).to(device)
+    check_tirads_readings(raw_model, cfg, records)
     spatial_dims = int(getattr(raw_model, "spatial_dims", 3))
     spec = cfg.clip_spec(spatial_dims)
     # The architecture, resolved, goes into config.json: a later change to a preset's widths,

@@ -1,7 +1,8 @@
 """Read-outs of trained runs: benchmarks/snapshot_sweep.py (which epoch's weights a run keeps),
 benchmarks/member_combinations.py (how many members an ensemble has),
-benchmarks/paired_configs.py (two configurations, seed for seed) and
-benchmarks/view_sweep.py (how many temporal views it scores)."""
+benchmarks/paired_configs.py (two configurations, seed for seed),
+benchmarks/view_sweep.py (how many temporal views it scores) and
+benchmarks/tirads_head_readout.py (what a TI-RADS head reads)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,58 @@ def test_paired_configs_compare_the_same_seeds_ensemble_by_ensemble(snapshot_run
     with pytest.raises(SystemExit) as exc:
         paired.main([str(a_path), str(b_path), "--data", str(data)])
     assert exc.value.code == 2 and "another dataset" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tirads_run(tmp_path_factory):
+    from tests.ml.test_train import _with_tirads_readings
+
+    root = tmp_path_factory.mktemp("tirads")
+    data = _with_tirads_readings(make_tiny_dataset(root / "data"))
+    run = root / "run"
+    cfg = make_config("small", arch="irv2_cam", frames=8, size=32, batch_size=4, epochs=1,
+                      num_workers=0, threads=1, temporal_views=2,
+                      model_options={"tirads_head": True})
+    from ml.train import train
+
+    train(cfg, data, run)
+    return run
+
+
+def test_tirads_head_readout_scores_the_heads_logits_against_the_readers_calls(tirads_run,
+                                                                              tmp_path):
+    import numpy as np
+    import torch
+
+    from ml.data import ClipDataset, read_manifest
+    from ml.inference import load_model, spec_of, temporal_views
+
+    readout = _module("tirads_head_readout")
+    out = tmp_path / "readout.json"
+    assert readout.main([str(tirads_run), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    block = result["members"]["run"]
+    records = read_manifest(json.loads((tirads_run / "config.json").read_text())["data_root"])
+    for split, rows in block.items():
+        in_split = [r for r in records if r.split == split]
+        read = [r for r in in_split if r.tirads_echogenicity is not None]
+        # one case of each split is unread; the tiny malignant cases are very hypoechoic
+        assert rows["echogenicity"]["read"] == len(read) == len(in_split) - 1
+        assert rows["echogenicity"]["suspicious"] == sum(r.label for r in read)
+        assert rows["shape"]["auroc"] is None  # every reader called the shape wider-than-tall
+    # the head's logits, as the read-out averages them over the run's two temporal views
+    model, config = load_model(tirads_run)
+    ds = ClipDataset(config["data_root"], "val", spec_of(config))
+    direct = []
+    with torch.no_grad():
+        for view in temporal_views(ds[0]["clip"][None], 2):
+            model(view)
+            direct.append(model.tirads_logits[0].numpy())
+    np.testing.assert_allclose(readout.head_outputs(model, ds)[0], np.mean(direct, axis=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_tirads_head_readout_refuses_a_run_without_the_head(snapshot_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _module("tirads_head_readout").main([str(snapshot_run)])
+    assert exc.value.code == 2 and "has no TI-RADS head" in capsys.readouterr().err

@@ -308,6 +308,16 @@ def test_the_tirads_head_learns_from_the_readings_only_when_weighted(tiny, tmp_p
     assert not torch.equal(models[5.0].tirads_fc.weight, init.tirads_fc.weight)
 
 
+def test_a_tirads_head_without_readings_is_refused_with_the_reason(tiny, tmp_path):
+    cfg = make_config("small", arch="irv2_cam", frames=6, size=32, batch_size=4, epochs=1,
+                      num_workers=0, threads=1, model_options={"tirads_head": True})
+    with pytest.raises(DataError, match="no training case has a TI-RADS reading"):
+        train(cfg, tiny, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # without the head's loss there is nothing to refuse
+    train(dataclasses.replace(cfg, tirads_loss_weight=0.0), tiny, tmp_path / "run-unweighted")
+
+
 def test_an_irv2_tirads_head_trains_and_its_run_predicts(tiny, tmp_path):
     _with_tirads_readings(tiny)
     cfg = make_config("small", arch="irv2_cam", frames=6, size=32, batch_size=4, epochs=1,
