@@ -8,11 +8,12 @@
 # 1. `python -m ml synth` with its defaults (6 centres x 60 nodules, seed 0);
 # 2. `python -m ml dataset --size 256` with centre C6 held out whole as the external test;
 # 3. `python -m ml train --config small --members 2 --temporal-views 2 --model-options
-#    '{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true}'
-#    --focus-loss-weight 5 --roi-max-side 112` for irv2_cam (the study's model), irv2 (the same
-#    network without the calcification attention module) and irv2_2d (one key frame): each a
-#    seed ensemble of two members trained side by side, one per core, with the punctate-focus
-#    head and a cap on the nodule crop (docs/ml-results.md), timed by wall clock;
+#    '{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true,
+#    "tirads_head": true}' --focus-loss-weight 5 --roi-max-side 112` for irv2_cam (the study's
+#    model), irv2 (the same network without the calcification attention module) and irv2_2d
+#    (one key frame): each a seed ensemble of two members trained side by side, one per core,
+#    with the punctate-focus head, the TI-RADS head and a cap on the nodule crop
+#    (docs/ml-results.md), timed by wall clock;
 # 4. `python -m ml evaluate` (AUROC with DeLong CI, thresholds frozen on validation, Grad-CAM
 #    and attention localisation against the calcification masks);
 # 5. `python -m ml compare` on the external test: the table and paired DeLong tests.
@@ -32,9 +33,10 @@ EXTERNAL=${EXTERNAL:-C6}
 CLIP_SIDE=${CLIP_SIDE:-256}
 # Two seed-ensemble members, one per core; the punctate-focus head on stage A, taught by the
 # punctate marks alone (focus_detach) at five times the default weight ("Fifth round",
-# "Sixth round" in docs/ml-results.md).
+# "Sixth round" in docs/ml-results.md); the TI-RADS head, taught by the readers' TI-RADS
+# features, which `ml dataset` reads from the synthetic generator ("Eleventh round").
 MEMBERS=${MEMBERS:-2}
-MODEL_OPTIONS=${MODEL_OPTIONS:-'{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true}'}
+MODEL_OPTIONS=${MODEL_OPTIONS:-'{"focus_head": true, "focus_count": true, "focus_logit": true, "focus_detach": true, "tirads_head": true}'}
 FOCUS_LOSS_WEIGHT=${FOCUS_LOSS_WEIGHT:-5}
 # The nodule crop is at most 112 stored pixels: a large nodule's punctate foci survive the
 # resize to the model's 96 pixels ("Sixth round").
@@ -58,6 +60,11 @@ mkdir -p "$WORK" "$RESULTS"
 
 if [ ! -f "$WORK/synth/manifest.csv" ]; then
   $PY -m ml synth --out "$WORK/synth" 2>"$WORK/synth.log" >"$RESULTS/synth.json"
+fi
+# A dataset built before the TI-RADS columns existed would leave the TI-RADS head nothing to
+# learn from (training refuses it): build it again.
+if [ -f "$WORK/dataset/manifest.csv" ] && ! head -n 1 "$WORK/dataset/manifest.csv" | grep -q tirads_margin; then
+  rm -rf "$WORK/dataset"
 fi
 if [ ! -f "$WORK/dataset/manifest.csv" ]; then
   $PY -m ml dataset --from-synth "$WORK/synth" --out "$WORK/dataset" --external "$EXTERNAL" \

@@ -154,11 +154,21 @@ def test_launch_watch_register_promote_and_predict(workers, cohort, engineer, ap
 
 
 def test_the_headline_configuration_trains_from_the_web(workers, cohort, engineer, api):
-    # a seed ensemble with the focus head and two temporal views (benchmarks/ml_headline.sh):
+    # a seed ensemble with the focus head, the TI-RADS head and two temporal views
+    # (benchmarks/ml_headline.sh), from accepted annotations with their TI-RADS readings:
     # its members' progress reaches the page epoch by epoch, and the joined model registers
+    from annotations.models import Video
+    from tests.webapp.training.conftest import ANNOTATION, accept_consensus
+
+    for i, video in enumerate(Video.objects.filter(
+            nodule__patient__centre=cohort["development"]).order_by("pk")):
+        accept_consensus(video, doc={**ANNOTATION, "tirads": {
+            "composition": "solid", "echogenicity": ("hypo", "hyper_iso")[i % 2],
+            "shape": "wider", "margin": ("lobulated", "smooth")[i % 2]}})
     snapshot = frozen_snapshot(engineer, cohort)
     workers.start()
-    run_id = launch(api, snapshot, members=2, temporal_views=2, focus_head=True)
+    run_id = launch(api, snapshot, members=2, temporal_views=2, focus_head=True,
+                    tirads_head=True)
     states = watch_polling(api, run_id, timeout=400)
     run = run_row(run_id)
     assert states[-1]["run"]["status"] == "succeeded", (run.failure_reason, workers.log())
@@ -167,8 +177,8 @@ def test_the_headline_configuration_trains_from_the_web(workers, cohort, enginee
     assert states[-1]["steps"], "the first member's steps reach the page"
     version = ModelVersion.objects.get(run=run)
     train = version.config["train"]
-    assert (train["members"], train["temporal_views"], train["model_options"]["focus_head"]) \
-        == (2, 2, True)
+    assert (train["members"], train["temporal_views"], train["model_options"]["focus_head"],
+            train["model_options"]["tirads_head"]) == (2, 2, True, True)
     assert version.config["spec"]["temporal_views"] == 2
 
 
