@@ -278,7 +278,9 @@ def gradcam_latency(
     reps: int,
     memory: PeakMemory,
 ) -> dict:
-    """Seconds for one clip: plain inference, and inference + 3D Grad-CAM (+ attention maps)."""
+    """Seconds for one clip: plain inference, and inference + 3D Grad-CAM (+ attention maps),
+    eager and, on a GPU, replayed from a CUDA graph (`ml.gradcam.GraphedGradCAM`), with the
+    largest difference between the two heatmaps."""
     from ml.gradcam import GradCAM
 
     dtype = DTYPES[dtype_name]
@@ -299,7 +301,7 @@ def gradcam_latency(
     plain = _timed(infer, device, 1, reps)
     memory.start()
     cam = _timed(explain, device, 1, reps)
-    return {
+    row = {
         "arch": "irv2_cam",
         "preset": preset,
         "clip": f"{frames}x{size}x{size}",
@@ -309,6 +311,55 @@ def gradcam_latency(
         "latency_s": round(cam["step_s"], 4),
         "peak_mib": memory.peak_mib(),
     }
+    # batch norms folded into the convolutions, eager; then, on a GPU, replayed from a CUDA
+    # graph without and with the folding
+    variants = [("folded", False, True)]
+    if device.type == "cuda":
+        variants += [("graphed", True, False), ("graphed_folded", True, True)]
+    for name, graph, fold in variants:
+        row.update(_explainer_latency(name, model, x, dtype, reps, memory, graph, fold))
+    return row
+
+
+def _explainer_latency(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    dtype: torch.dtype | None,
+    reps: int,
+    memory: PeakMemory,
+    graph: bool,
+    fold: bool,
+) -> dict:
+    """Latency of `ml.gradcam.GraphedGradCAM` (host copies included, as in the eager row) and
+    the largest difference of its heatmap from eager Grad-CAM's, as `<name>_...` fields; a
+    failure is reported in the row, not raised (the eager figures stand)."""
+    from ml.gradcam import GradCAM, GraphedGradCAM
+
+    with GradCAM(model) as gc_, _autocast(x.device, dtype):
+        eager_heat = gc_.explain(x)[0]
+    memory.start()
+    try:
+        with GraphedGradCAM(model, x, autocast=dtype, graph=graph, fold_norms=fold) as explainer:
+
+            def run() -> None:
+                heat, logits, attention = explainer(x)
+                heat.cpu(), logits.cpu(), [a.cpu() for a in attention]
+
+            timed = _timed(run, x.device, 1, reps)
+            heat = explainer(x)[0]
+            capture_s = explainer.capture_s
+    except Exception as exc:  # noqa: BLE001 - a diagnostic, never lose the eager figures
+        log.warning("Grad-CAM variant %s failed: %s", name, exc)
+        return {f"{name}_status": f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    row = {
+        f"{name}_latency_s": round(timed["step_s"], 4),
+        f"{name}_peak_mib": memory.peak_mib(),
+        f"{name}_max_abs_diff": float((heat - eager_heat).abs().max()),
+    }
+    if capture_s is not None:
+        row[f"{name}_capture_s"] = round(capture_s, 2)
+    return row
 
 
 def profile_training(
@@ -406,6 +457,7 @@ def run_benchmark(
     channels_last: bool | None = None,
     gradcam_frames: int = 64,
     time_budget_s: float | None = None,
+    tag: str = "",
     reference: bool = True,
     profile: bool = False,
     progress: bool = False,
@@ -433,7 +485,7 @@ def run_benchmark(
     name = device_name(dev)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{dev.type}-{slug(name)}-{preset}"
+    stem = f"bench-{dev.type}-{slug(name)}-{preset}" + (f"-{slug(tag)}" if tag else "")
     memory = PeakMemory(dev)
     report = {
         "device": dev.type,
@@ -583,7 +635,7 @@ def _gradcam_row(dtype: str, frames: int, ctx: dict) -> dict:
             size=ctx["size"],
             dtype_name=dtype,
             channels_last=ctx["channels_last"],
-            reps=max(1, min(ctx["steps"], 3)),
+            reps=max(3, 2 * ctx["steps"]),  # milliseconds each: enough repeats to time
             memory=ctx["memory"],
         )
     except torch.cuda.OutOfMemoryError:
@@ -718,13 +770,19 @@ def markdown(report: dict) -> str:
             "## Inference + 3D Grad-CAM of one video (irv2_cam)",
             "",
             "| clip | dtype | inference (s) | inference + Grad-CAM + attention maps (s) "
-            "| peak MiB |",
-            "|---|---|---:|---:|---:|",
+            "| the same, batch norms folded (s) | from a CUDA graph (s) "
+            "| from a CUDA graph, folded (s) | peak MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for g in r["gradcam"]:
+            cells = [
+                g.get(f"{v}_status") or _fmt(g.get(f"{v}_latency_s"), 4)
+                for v in ("folded", "graphed", "graphed_folded")
+            ]
             lines.append(
-                f"| {g.get('clip', '-')} | {g['dtype']} | {_fmt(g.get('inference_s'), 3)} "
-                f"| {_fmt(g.get('latency_s'), 3)} | {_fmt(g.get('peak_mib'), 0)} |"
+                f"| {g.get('clip', '-')} | {g['dtype']} | {_fmt(g.get('inference_s'), 4)} "
+                f"| {_fmt(g.get('latency_s'), 4)} | {' | '.join(cells)} "
+                f"| {_fmt(g.get('peak_mib'), 0)} |"
             )
     prof = r.get("profile")
     if prof and "step_s" in prof:
@@ -822,6 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the table of paper-preset sizes at 32x224x224",
     )
     p.add_argument(
+        "--tag",
+        default="",
+        help="appended to the result files' names, so a later run does not overwrite them",
+    )
+    p.add_argument(
         "--time-budget",
         type=float,
         default=None,
@@ -864,6 +927,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels_last=False if args.no_channels_last else None,
         gradcam_frames=0 if args.no_gradcam else args.gradcam_frames,
         time_budget_s=args.time_budget,
+        tag=args.tag,
         reference=not args.no_reference,
         profile=args.profile,
         progress=True,

@@ -25,7 +25,9 @@ f of the heatmap belongs to frame f of the clip that went in, then min-max norma
     # no hooks remain on the model here
 
 `GradCAM(model, method="gradcam")` for the classic map. `gc(x)` does the same in torch:
-`heat, logits = gc(x)` (tensors on x's device).
+`heat, logits = gc(x)` (tensors on x's device). `GraphedGradCAM(model, example)` serves clips
+of one shape from a CUDA graph captured once: the whole explanation of one clip in one launch,
+where a batch of one otherwise leaves the GPU waiting on the host.
 
 Several layers (a seed ensemble hooks each member's own layer): each layer's map is computed
 as above from the gradient of the one target score, and the maps (before normalisation) are
@@ -62,8 +64,8 @@ from ml.models import gradcam_layers
 METHODS = ("hirescam", "gradcam")
 DEFAULT_METHOD = "hirescam"
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "GradCAM", "Score", "calcification_region",
-           "energy_inside_mask", "pointing_game"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "GradCAM", "GraphedGradCAM", "Score",
+           "calcification_region", "energy_inside_mask", "pointing_game"]
 
 
 class GradCAM:
@@ -103,8 +105,10 @@ class GradCAM:
 
     def _keep(self, k: int, module: nn.Module, inputs, output: torch.Tensor
               ) -> torch.Tensor | None:
-        if not self._explaining or (torch.is_grad_enabled() and output.requires_grad):
-            self._activations[k] = output  # another forward in the block, or one with a graph
+        if not self._explaining:
+            return None  # a forward of the caller's own: nothing to keep
+        if torch.is_grad_enabled() and output.requires_grad:
+            self._activations[k] = output  # a later layer (an ensemble's next member)
             return None
         # the forward so far ran without autograd: record from here on (the caller's
         # `no_grad` block restores its mode when the forward returns), from a leaf that holds
@@ -122,6 +126,18 @@ class GradCAM:
         an int or one int per clip names the class. With one logit, target 0 explains "benign"
         (the negated logit) and 1 "malignant".
         """
+        heat, logits, attention = self.explain(x, target)
+        self.logits = logits.float().cpu().numpy()
+        self.attention = [a.cpu().numpy() for a in attention]
+        return heat, logits
+
+    def explain(
+        self, x: torch.Tensor, target: int | Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(heatmaps, logits, attention maps (B, T, H, W) each), all tensors on x's device.
+
+        Launches device work only: no copy to the host and no value read back, so a CUDA graph
+        can capture it (`GraphedGradCAM`)."""
         if not self._handles:
             raise RuntimeError("use GradCAM inside a `with` block")
         was_training = self.model.training
@@ -146,20 +162,162 @@ class GradCAM:
                       for a, g in zip(acts, grads, strict=True))
             heat = _normalise(cam[:, 0])
             attention = [
-                _upsample(a.detach().float(), tuple(x.shape[2:]))[:, 0]
+                _upsample(a.detach().float(), size)[:, 0]
                 for a in getattr(self.model, "attention_maps", None) or []
             ]
         finally:
             self._activations = {}
             self.model.train(was_training)
-        self.logits = logits.detach().float().cpu().numpy()
-        self.attention = [a.cpu().numpy() for a in attention]
-        return heat, logits.detach()
+        return heat, logits.detach(), attention
 
     def cam(self, x: torch.Tensor, target: int | Sequence[int] | None = None) -> np.ndarray:
         """Heatmaps (B, T, H, W) for clips or (B, H, W) for images, float32 in [0, 1]."""
         heat, _ = self(x, target)
         return heat.cpu().numpy()
+
+
+class GraphedGradCAM:
+    """Inference + Grad-CAM of clips of one shape, captured once as a CUDA graph and replayed.
+
+    One clip leaves a GPU idle most of the time: on an H100 the forward of one 64-frame clip
+    kept it busy 15% of the wall time (docs/benchmarks.md), the rest being the host launching
+    ~1,100 small kernels one by one. A CUDA graph launches the forward, Grad-CAM's partial
+    backward and the map arithmetic as one unit. The price is a fixed shape: the explainer
+    serves inputs of the example's shape and dtype only (anything else is a ValueError), and
+    capture costs a few warm-up passes once.
+
+    On a CPU (or with `graph=False`) the same work runs eagerly with the same results, so
+    callers need not care where they run. `fold_norms` explains a copy of the model whose
+    batch norms are folded into the convolutions (`ml.models.layers.fold_batch_norms`): the
+    same maps up to float rounding, a third fewer kernels and activation passes; the caller's
+    model is left as it is.
+
+        with GraphedGradCAM(model, example, autocast=torch.bfloat16) as explain:
+            heat, logits, attention = explain(x)   # like GradCAM.explain, on x's device
+
+    The returned tensors are the caller's own (copied out of the graph's static outputs), so
+    the next call does not overwrite them. The model must not be moved or have its
+    parameters replaced (in-place updates are fine) while the explainer is open.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        layer: nn.Module | Sequence[nn.Module] | None = None,
+        *,
+        method: str = DEFAULT_METHOD,
+        target: int | Sequence[int] | None = None,
+        autocast: torch.dtype | None = None,
+        graph: bool | None = None,
+        warmup: int = 3,
+        fold_norms: bool = False,
+    ) -> None:
+        if fold_norms:
+            model, layer = _folded_copy(model, layer)
+        self._gradcam = GradCAM(model, layer, method=method)
+        self.target = target
+        self.autocast = autocast
+        self.device = example.device
+        self.graphed = (self.device.type == "cuda") if graph is None else graph
+        if self.graphed and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA input")
+        self.warmup = max(1, warmup)
+        # the static input keeps the example's strides (channels-last or not): the graph's
+        # kernels were chosen for them
+        self._input = example.detach().clone()
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._outputs: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
+        self.capture_s: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._input.shape)
+
+    def __enter__(self) -> GraphedGradCAM:
+        self._gradcam.__enter__()
+        try:
+            if self.graphed:
+                self._capture()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._gradcam.__exit__()
+        self._graph = None
+        self._outputs = None
+
+    def _run(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        if self.autocast is None:
+            return self._gradcam.explain(self._input, self.target)
+        # no cast cache: a graph must recast the weights on every replay (docs of
+        # torch.cuda.make_graphed_callables)
+        with torch.autocast(self.device.type, dtype=self.autocast, cache_enabled=False):
+            return self._gradcam.explain(self._input, self.target)
+
+    def _capture(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        # warm up on a side stream (cuDNN autotuning, lazy initialisation), as capture needs
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._outputs = self._run()
+        self._graph = graph
+        torch.cuda.synchronize(self.device)
+        self.capture_s = time.perf_counter() - t0
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(heatmaps, logits, attention maps) for x, which must match the example."""
+        if not self._gradcam._handles:
+            raise RuntimeError("use GraphedGradCAM inside a `with` block")
+        if tuple(x.shape) != self.shape or x.dtype != self._input.dtype:
+            raise ValueError(
+                f"this explainer serves {tuple(self.shape)} {self._input.dtype} inputs; "
+                f"got {tuple(x.shape)} {x.dtype}"
+            )
+        if x.device != self.device:
+            raise ValueError(f"this explainer runs on {self.device}; the input is on {x.device}")
+        self._input.copy_(x)
+        if self._graph is None:
+            heat, logits, attention = self._run()
+            return heat, logits, attention
+        self._graph.replay()
+        heat, logits, attention = self._outputs
+        return heat.clone(), logits.clone(), [a.clone() for a in attention]
+
+
+def _folded_copy(
+    model: nn.Module, layer: nn.Module | Sequence[nn.Module] | None
+) -> tuple[nn.Module, list[nn.Module] | None]:
+    """(a copy of model with its batch norms folded, the copy's modules named as `layer`'s)."""
+    import copy
+
+    from ml.models.layers import fold_batch_norms
+
+    names = {id(m): n for n, m in model.named_modules()}
+    if layer is not None:
+        layers = [layer] if isinstance(layer, nn.Module) else list(layer)
+        missing = [m for m in layers if id(m) not in names]
+        if missing:
+            raise ValueError("the Grad-CAM layer is not a module of the model")
+    # tensors a forward left on the modules (attention maps, focus logits) are not copied:
+    # they may hold an autograd graph, which cannot be deep-copied, and the copy makes its own
+    leftovers = {id(v): None for m in model.modules() for v in vars(m).values()
+                 if isinstance(v, torch.Tensor)}
+    folded = copy.deepcopy(model, leftovers).eval()
+    fold_batch_norms(folded)
+    if layer is None:
+        return folded, None
+    return folded, [folded.get_submodule(names[id(m)]) for m in layers]
 
 
 def _target_score(logits: torch.Tensor, target: int | Sequence[int] | None) -> torch.Tensor:

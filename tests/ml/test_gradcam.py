@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from ml.gradcam import GradCAM, calcification_region, energy_inside_mask, pointing_game
+from ml.gradcam import (
+    GradCAM,
+    GraphedGradCAM,
+    calcification_region,
+    energy_inside_mask,
+    pointing_game,
+)
 from ml.models import create_model, gradcam_layer
 
 
@@ -212,6 +218,104 @@ def test_tensor_call_works_under_inference_mode():
     assert gradcam_layer(model) is model.layer4
 
 
+def _irv2_cam_with_attention():
+    torch.manual_seed(0)
+    model = create_model("irv2_cam").eval()
+    assert model.cfg.attention  # the maps beside the heatmap are part of what is served
+    return model
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_the_graphed_explainer_gives_gradcams_maps(autocast):
+    model = _irv2_cam_with_attention()
+    x = torch.rand(1, 1, 8, 32, 32)
+    context = (torch.autocast("cpu", dtype=autocast) if autocast is not None
+               else torch.autocast("cpu", enabled=False))
+    with GradCAM(model) as gc, context:
+        want_heat, want_logits, want_att = gc.explain(x)
+    with GraphedGradCAM(model, torch.zeros_like(x), autocast=autocast) as explain:
+        assert not explain.graphed  # a CPU runs the same work eagerly
+        heat, logits, att = explain(x)
+        again, _, _ = explain(torch.rand_like(x))
+    assert _hook_count(model) == 0
+    torch.testing.assert_close(heat, want_heat)
+    torch.testing.assert_close(logits, want_logits)
+    assert len(att) == len(want_att) == len(model.cfg.attention)
+    for a, b in zip(att, want_att, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(again, heat)  # each call explains its own input
+
+
+def test_the_graphed_explainer_serves_only_its_shape():
+    model = _irv2_cam_with_attention()
+    example = torch.zeros(1, 1, 8, 32, 32)
+    explainer = GraphedGradCAM(model, example)
+    with pytest.raises(RuntimeError, match="with"):
+        explainer(example)
+    with explainer as explain:
+        with pytest.raises(ValueError, match=r"serves \(1, 1, 8, 32, 32\)"):
+            explain(torch.zeros(1, 1, 16, 32, 32))
+        with pytest.raises(ValueError, match="float64"):
+            explain(example.double())
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedGradCAM(model, example, graph=True)
+
+
+def test_the_folded_explainer_gives_the_same_maps_and_leaves_the_model_alone():
+    model = _irv2_cam_with_attention()
+    for m in model.modules():  # statistics away from the identity start, as after training
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_var.uniform_(0.5, 1.5)
+            m.running_mean.normal_(0, 0.2)
+    norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    x = torch.rand(1, 1, 8, 32, 32)
+    with GradCAM(model) as gc:
+        want_heat, want_logits, want_att = gc.explain(x)
+    with GraphedGradCAM(model, x, layer=model.stage_a, fold_norms=True) as explain:
+        heat, logits, att = explain(x)
+        assert explain._gradcam.layers[0] is not model.stage_a  # the copy's own stage A
+    torch.testing.assert_close(heat, want_heat, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(att[0], want_att[0], atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules()) == norms
+    assert _hook_count(model) == 0
+    with pytest.raises(ValueError, match="not a module"):
+        GraphedGradCAM(model, x, layer=torch.nn.Conv3d(1, 1, 1), fold_norms=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_replayed_graph_gives_the_eager_maps_on_a_gpu():
+    model = _irv2_cam_with_attention().cuda()
+    x = torch.rand(1, 1, 16, 64, 64, device="cuda")
+    with GradCAM(model) as gc:
+        want_heat, want_logits, _ = gc.explain(x)
+    for fold in (False, True):
+        with GraphedGradCAM(model, torch.zeros_like(x), fold_norms=fold) as explain:
+            assert explain.graphed and explain.capture_s > 0
+            heat, logits, _ = explain(x)
+            other, _, _ = explain(torch.rand_like(x))
+        torch.testing.assert_close(heat, want_heat, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(logits, want_logits, atol=1e-3, rtol=1e-3)
+        assert not torch.equal(other, heat)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_platform_heatmaps_on_a_gpu_replay_one_kept_graph(monkeypatch):
+    from ml import inference
+
+    model = _irv2_cam_with_attention().cuda()
+    x = torch.rand(1, 1, 16, 64, 64, device="cuda")
+    monkeypatch.setattr(inference, "CUDA_GRAPHS", False)
+    _, want, want_att = inference.input_heatmaps(model, x, views=2)
+    monkeypatch.setattr(inference, "CUDA_GRAPHS", True)
+    monkeypatch.setattr(inference, "_explainers", type(inference._explainers)())
+    _, got, got_att = inference.input_heatmaps(model, x, views=2)
+    inference.input_heatmaps(model, x, views=2)
+    assert len(inference._explainers) == 1  # both views and both calls: one graph
+    np.testing.assert_allclose(got, want, atol=1e-3)  # batch norms folded: rounding only
+    np.testing.assert_allclose(got_att[0], want_att[0], atol=1e-3)
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -348,12 +452,15 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
             "0",
             "--no-gradcam",
             "--no-reference",
+            "--tag",
+            "second run",
             "--out-dir",
             str(tmp_path / "cli"),
         ]
     )
     assert status == 0
-    assert list((tmp_path / "cli").glob("*.json"))
+    written = list((tmp_path / "cli").glob("*.json"))
+    assert [p.name.endswith("-small-second_run.json") for p in written] == [True]
 
 
 def test_flop_count_matches_the_papers_r3d_18_anchor():

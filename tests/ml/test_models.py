@@ -19,6 +19,7 @@ from ml.models import (
     parameter_count,
 )
 from ml.models.inception_resnet import focus_evidence
+from ml.models.layers import fold_batch_norms
 
 TINY_3D = (2, 1, 8, 32, 32)
 TINY_2D = (2, 1, 32, 32)
@@ -377,3 +378,39 @@ def test_every_architecture_overfits_a_tiny_batch(name):
 def test_ml_models_never_imports_django():
     code = "import sys, ml.models, ml.gradcam, ml.bench; assert 'django' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _with_learnt_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch norms with statistics and affine terms away from their identity start, as after
+    training, so that folding them is not trivially right."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_folding_batch_norms_keeps_the_models_function(name):
+    torch.manual_seed(0)
+    model = _with_learnt_norms(create_model(name, config="small"))
+    x = _tiny_input(model)
+    with torch.no_grad():
+        want = model(x)
+        folded = fold_batch_norms(model)
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if name.startswith("irv2"):  # every IRv2 norm sits in a ConvNormAct: none is left
+        assert folded > 0 and not norms
+
+
+def test_folding_refuses_a_model_in_training():
+    model = create_model("irv2_cam", config="small").train()
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(model)
