@@ -9,7 +9,9 @@
 # training at batch 64 and 32 (is a larger batch faster per clip?), the Grad-CAM latency of one
 # 64-frame video eager and replayed from a CUDA graph (ml.gradcam.GraphedGradCAM; the goal is
 # < 25 ms), then irv2_cam compiled at batch 64 (the goal is >= 200 TFLOP/s; batch 32 compiled
-# gave 160). The eager training profile is not rerun (PROFILE=1 adds it). Installs nothing.
+# gave 160), with a torch.profiler breakdown of that compiled step (where does the time go once
+# batch norm and activations are fused?). The eager training profile is not rerun (PROFILE=1
+# adds it). Installs nothing.
 #
 # Bounded to < 9 minutes: no new row starts after 330 s (--time-budget), and the run is
 # interrupted at 500 s; results are written after every row, so an interrupted run keeps
@@ -55,6 +57,7 @@ timeout --signal=INT --kill-after=15 500 \
     --steps 10 --warmup 3 \
     --gradcam-frames 64 \
     ${PROFILE:+--profile} \
+    --profile-compiled \
     --time-budget 330 \
     --tag "${TAG:-$(date -u +%Y%m%d)}" \
     --out-dir "$OUT_DIR"

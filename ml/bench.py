@@ -374,8 +374,11 @@ def profile_training(
     channels_last: bool,
     steps: int = 3,
     top: int = 25,
+    built: tuple[nn.Module, nn.Module] | None = None,
 ) -> tuple[dict, str]:
-    """Where a training step's time goes: `torch.profiler` over `steps` eager steps.
+    """Where a training step's time goes: `torch.profiler` over `steps` eager steps, or over
+    the steps of `built`'s (model, runner), e.g. a torch.compile'd runner already compiled for
+    this batch (its fused kernels count as "fused").
 
     Returns a summary (device-busy share of the wall time, the share of the kernel time spent
     in convolutions, normalisation and the rest) and the profiler's table of the `top` ops by
@@ -386,12 +389,18 @@ def profile_training(
     from torch.profiler import ProfilerActivity, profile
 
     dtype = DTYPES[dtype_name]
-    model = create_model(arch, config=preset).to(device).train()
+    if built is None:
+        model = create_model(arch, config=preset).to(device)
+        runner = model
+    else:
+        model, runner = built
+    model.train()
     x = torch.rand(input_shape(model.spatial_dims, batch, frames, size), device=device)
     if channels_last:
-        model = model.to(memory_format=_memory_format(x.ndim))
+        if built is None:
+            model = runner = model.to(memory_format=_memory_format(x.ndim))
         x = x.contiguous(memory_format=_memory_format(x.ndim))
-    step = _train_step(model, _optimizer(model), x, device, dtype)
+    step = _train_step(runner, _optimizer(model), x, device, dtype)
     for _ in range(2):  # cuDNN autotuning and allocator warm-up stay outside the profile
         step()
     _sync(device)
@@ -407,14 +416,16 @@ def profile_training(
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-    kernel_us = {"convolution": 0.0, "normalisation": 0.0, "other": 0.0}
+    kernel_us = {"convolution": 0.0, "normalisation": 0.0, "fused": 0.0, "other": 0.0}
     for ev in events:
         # on CUDA count the kernels' own rows: an op's self device time repeats its kernels'
         if on_gpu and ev.device_type != torch.autograd.DeviceType.CUDA:
             continue
         name = ev.key.lower()
         spent = float(getattr(ev, key, 0.0) or 0.0)
-        if any(k in name for k in ("conv", "cudnn", "xmma", "gemm", "wgrad", "dgrad")):
+        if name.startswith(("triton", "cpp_fused")):  # torch.compile's generated kernels
+            kernel_us["fused"] += spent
+        elif any(k in name for k in ("conv", "cudnn", "xmma", "gemm", "wgrad", "dgrad")):
             kernel_us["convolution"] += spent
         elif any(k in name for k in ("batch_norm", "bn_", "norm")):
             kernel_us["normalisation"] += spent
@@ -424,6 +435,7 @@ def profile_training(
     summary = {
         "arch": arch,
         "preset": preset,
+        "compiled": built is not None and built[1] is not built[0],
         "batch": batch,
         "dtype": dtype_name,
         "channels_last": channels_last,
@@ -460,6 +472,7 @@ def run_benchmark(
     tag: str = "",
     reference: bool = True,
     profile: bool = False,
+    profile_compiled: bool = False,
     progress: bool = False,
 ) -> list[dict]:
     """Benchmark `archs`; returns one dict per (compile, arch, dtype, batch) row.
@@ -469,7 +482,9 @@ def run_benchmark(
     `gradcam_frames` 0 skips the Grad-CAM latency. `reference` adds every architecture's
     paper-preset parameters and GFLOPs at 32 x 224 x 224 (counted on the meta device).
     `profile` adds, after the eager rows, a `torch.profiler` breakdown of the first
-    architecture's eager training step at the largest batch (`<stem>-profile.txt`).
+    architecture's eager training step at the largest batch (`<stem>-profile.txt`);
+    `profile_compiled` the same for the first compiled row that ran, with its already compiled
+    runner (`<stem>-profile-compiled.txt`).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -511,6 +526,7 @@ def run_benchmark(
         "rows": [],
         "gradcam": [],
         "profile": None,
+        "profile_compiled": None,
     }
     counts = {a: count_model(a, preset, frames, size) for a in archs}
     plan = [
@@ -552,6 +568,11 @@ def run_benchmark(
             report["rows"].append(row)
             bar.update(1)
             _write(out, stem, report)
+            if (comp and profile_compiled and report["profile_compiled"] is None
+                    and row["status"] == "ok" and (arch, comp) in built):
+                report["profile_compiled"] = _profile_row(
+                    arch, bs, dtype, ctx, out, f"{stem}-compiled", built[arch, comp])
+                _write(out, stem, report)
         built.clear()
         _free(dev, collect=True)
         if not phase and gradcam_frames > 0:
@@ -647,7 +668,8 @@ def _gradcam_row(dtype: str, frames: int, ctx: dict) -> dict:
         _free(ctx["dev"], collect=True)
 
 
-def _profile_row(arch: str, batch: int, dtype: str, ctx: dict, out: Path, stem: str) -> dict:
+def _profile_row(arch: str, batch: int, dtype: str, ctx: dict, out: Path, stem: str,
+                 built: tuple[nn.Module, nn.Module] | None = None) -> dict:
     try:
         summary, table = profile_training(
             arch,
@@ -658,6 +680,7 @@ def _profile_row(arch: str, batch: int, dtype: str, ctx: dict, out: Path, stem: 
             batch=batch,
             dtype_name=dtype,
             channels_last=ctx["channels_last"],
+            built=built,
         )
         (out / f"{stem}-profile.txt").write_text(table)
         return summary
@@ -784,22 +807,25 @@ def markdown(report: dict) -> str:
                 f"| {_fmt(g.get('latency_s'), 4)} | {' | '.join(cells)} "
                 f"| {_fmt(g.get('peak_mib'), 0)} |"
             )
-    prof = r.get("profile")
-    if prof and "step_s" in prof:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["kernel_share"].items() if v is not None)
-        busy = prof["device_busy_share"]
-        lines += [
-            "",
-            f"## Where a training step goes ({prof['arch']}, batch {prof['batch']}, "
-            f"{prof['dtype']}, eager)",
-            "",
-            f"{prof['step_s']} s a step; device busy {busy:.0%} of the wall time; "
-            if busy is not None
-            else f"{prof['step_s']} s a step; ",
-        ]
-        lines[-1] += f"kernel time: {shares}. Top ops in the `-profile.txt` beside this file."
-    elif prof:
-        lines += ["", f"Profile: {prof.get('status')}"]
+    for key, mode, suffix in (("profile", "eager", "-profile.txt"),
+                              ("profile_compiled", "compiled", "-compiled-profile.txt")):
+        prof = r.get(key)
+        if prof and "step_s" in prof:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["kernel_share"].items()
+                               if v is not None)
+            busy = prof["device_busy_share"]
+            lines += [
+                "",
+                f"## Where a training step goes ({prof['arch']}, batch {prof['batch']}, "
+                f"{prof['dtype']}, {mode})",
+                "",
+                f"{prof['step_s']} s a step; device busy {busy:.0%} of the wall time; "
+                if busy is not None
+                else f"{prof['step_s']} s a step; ",
+            ]
+            lines[-1] += f"kernel time: {shares}. Top ops in the `{suffix}` beside this file."
+        elif prof:
+            lines += ["", f"Profile ({mode}): {prof.get('status')}"]
     a = r["paper_anchors"]
     if r["paper_reference"]:
         lines += [
@@ -875,6 +901,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile the first architecture's eager training step (torch.profiler)",
     )
     p.add_argument(
+        "--profile-compiled",
+        action="store_true",
+        help="profile the first compiled row's training step, with its compiled model",
+    )
+    p.add_argument(
         "--no-reference",
         action="store_true",
         help="skip the table of paper-preset sizes at 32x224x224",
@@ -930,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag=args.tag,
         reference=not args.no_reference,
         profile=args.profile,
+        profile_compiled=args.profile_compiled,
         progress=True,
     )
     for row in rows:

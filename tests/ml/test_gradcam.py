@@ -420,15 +420,29 @@ def test_bench_runs_on_cpu_and_writes_json_and_markdown(tmp_path):
     for r in ok:
         assert r["gflops_per_clip"] > 0 and r["train_clips_per_s"] > 0
         assert r["infer_clips_per_s"] > 0 and r["params_m"] > 0
-    assert report["gradcam"][0]["latency_s"] > 0
+    cam = report["gradcam"][0]
+    assert cam["latency_s"] > 0 and cam["folded_latency_s"] > 0
+    assert cam["folded_max_abs_diff"] < 1e-3  # folding the norms changes rounding only
+    assert "graphed_latency_s" not in cam  # CUDA graphs on a GPU only
     # the training-step profile: shares of the kernel time and the profiler's table beside it
     profile = report["profile"]
     assert profile["arch"] == "irv2_cam" and profile["step_s"] > 0
     assert sum(profile["kernel_share"].values()) == pytest.approx(1, abs=0.01)
     assert profile["kernel_share"]["convolution"] > 0
     assert "convolution" in next(tmp_path.glob("*-profile.txt")).read_text()
+    assert profile["kernel_share"]["fused"] == 0 and not profile["compiled"]  # eager kernels
+    assert report["profile_compiled"] is None  # not asked for
     assert "Where a training step goes" in next(tmp_path.glob("*.md")).read_text()
+    assert "batch norms folded" in next(tmp_path.glob("*.md")).read_text()
     assert "GFLOPs" in next(tmp_path.glob("*.md")).read_text()
+    # a given (model, runner) is profiled as it is, e.g. a runner compiled by an earlier row
+    from ml.bench import profile_training
+
+    model = create_model("irv2_cam", config="small")
+    summary, _ = profile_training("irv2_cam", device=torch.device("cpu"), preset="small",
+                                  frames=8, size=32, batch=2, dtype_name="fp32",
+                                  channels_last=False, steps=1, built=(model, model))
+    assert summary["step_s"] > 0 and model.training
     # the CLI entry point the platform's `python -m ml bench` calls
     status = main(
         [
