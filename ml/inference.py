@@ -246,8 +246,9 @@ def _graphed_explainer(
             return _explainers[key]
         explainer = None
         try:
+            # float16 maps: what the platform stores (`Heatmaps`), half the copy to the host
             explainer = GraphedGradCAM(model, torch.zeros_like(x), layer, method=method,
-                                       fold_norms=True)
+                                       fold_norms=True, maps_dtype=torch.float16)
             explainer.__enter__()
         except Exception as exc:  # noqa: BLE001 - fall back to eager Grad-CAM, never fail a case
             log.warning("CUDA-graph Grad-CAM unavailable for %s: %s; explaining eagerly",

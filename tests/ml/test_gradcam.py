@@ -246,6 +246,19 @@ def test_the_graphed_explainer_gives_gradcams_maps(autocast):
     assert not torch.equal(again, heat)  # each call explains its own input
 
 
+def test_the_explainer_can_hand_over_float16_maps():
+    model = _irv2_cam_with_attention()
+    x = torch.rand(1, 1, 8, 32, 32)
+    with GradCAM(model) as gc:
+        want_heat, want_logits, want_att = gc.explain(x)
+    with GraphedGradCAM(model, x, maps_dtype=torch.float16) as explain:
+        heat, logits, att = explain(x)
+    assert heat.dtype == att[0].dtype == torch.float16 and logits.dtype == torch.float32
+    torch.testing.assert_close(heat.float(), want_heat, atol=1e-3, rtol=0)
+    torch.testing.assert_close(att[0].float(), want_att[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(logits, want_logits)
+
+
 def test_the_graphed_explainer_serves_only_its_shape():
     model = _irv2_cam_with_attention()
     example = torch.zeros(1, 1, 8, 32, 32)
@@ -312,8 +325,9 @@ def test_platform_heatmaps_on_a_gpu_replay_one_kept_graph(monkeypatch):
     _, got, got_att = inference.input_heatmaps(model, x, views=2)
     inference.input_heatmaps(model, x, views=2)
     assert len(inference._explainers) == 1  # both views and both calls: one graph
-    np.testing.assert_allclose(got, want, atol=1e-3)  # batch norms folded: rounding only
-    np.testing.assert_allclose(got_att[0], want_att[0], atol=1e-3)
+    # batch norms folded and float16 maps: rounding only
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    np.testing.assert_allclose(got_att[0], want_att[0], atol=2e-3)
 
 
 # --------------------------------------------------------------------------- scores
