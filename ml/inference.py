@@ -231,20 +231,26 @@ def _graphed_explainer(
 ):
     """The CUDA-graph explainer of (model, x's shape, layer, method), captured on first use and
     kept for the next clip; None on a CPU, with CUDA_GRAPHS off, or where capture failed (the
-    caller then explains eagerly: the same maps, only slower)."""
+    caller then explains eagerly: the same maps, only slower).
+
+    The explainer works on a folded copy of the weights: a kept one is captured again when the
+    model's parameters or buffers have changed in place since (their version counters)."""
     from ml.gradcam import GraphedGradCAM
 
     if not CUDA_GRAPHS or x.device.type != "cuda":
         return None
     layers = () if layer is None else (layer,) if isinstance(layer, nn.Module) else tuple(layer)
-    # ids are safe keys: a kept explainer holds its model and layers, so no id is reused
+    # ids are safe keys: an entry holds its model (and so its layers) alive, so no id is reused
     key = (id(model), tuple(x.shape), x.dtype, str(x.device), method,
            tuple(id(m) for m in layers))
+    version = _weights_version(model)
     with _explainers_lock:
-        if key in _explainers:
-            _explainers.move_to_end(key)
-            return _explainers[key]
-        explainer = None
+        kept = _explainers.pop(key, None)
+        if kept is not None and kept[1] == version:
+            _explainers[key] = kept  # now the most recently used
+            return kept[2]
+        if kept is not None and kept[2] is not None:
+            kept[2].__exit__(None, None, None)  # the weights changed: capture again
         try:
             # float16 maps: what the platform stores (`Heatmaps`), half the copy to the host
             explainer = GraphedGradCAM(model, torch.zeros_like(x), layer, method=method,
@@ -254,12 +260,18 @@ def _graphed_explainer(
             log.warning("CUDA-graph Grad-CAM unavailable for %s: %s; explaining eagerly",
                         tuple(x.shape), exc)
             explainer = None
-        _explainers[key] = explainer  # a failure is remembered: no second capture attempt
+        _explainers[key] = (model, version, explainer)  # a failure is remembered too
         while len(_explainers) > GRAPHED_EXPLAINERS_KEPT:
-            _, old = _explainers.popitem(last=False)
+            _, (_, _, old) = _explainers.popitem(last=False)
             if old is not None:
                 old.__exit__(None, None, None)
         return explainer
+
+
+def _weights_version(model: nn.Module) -> int:
+    """Changes whenever a parameter or buffer of the model is modified in place (an optimiser
+    step, `load_state_dict`): the sum of their autograd version counters."""
+    return sum(t._version for t in (*model.parameters(), *model.buffers()))
 
 
 def to_clip_grid(

@@ -328,6 +328,29 @@ def test_platform_heatmaps_on_a_gpu_replay_one_kept_graph(monkeypatch):
     # batch norms folded and float16 maps: rounding only
     np.testing.assert_allclose(got, want, atol=2e-3)
     np.testing.assert_allclose(got_att[0], want_att[0], atol=2e-3)
+    # new weights loaded into the same model: the kept graph (of a folded copy) is captured
+    # again, not replayed with the old weights
+    other = create_model("irv2_cam").cuda().eval()
+    model.load_state_dict(other.state_dict())
+    monkeypatch.setattr(inference, "CUDA_GRAPHS", False)
+    _, want_new, _ = inference.input_heatmaps(model, x, views=2)
+    monkeypatch.setattr(inference, "CUDA_GRAPHS", True)
+    _, got_new, _ = inference.input_heatmaps(model, x, views=2)
+    assert len(inference._explainers) == 1
+    np.testing.assert_allclose(got_new, want_new, atol=2e-3)
+    assert not np.allclose(want_new, want, atol=1e-2)
+
+
+def test_the_weights_version_moves_with_every_in_place_change():
+    from ml.inference import _weights_version
+
+    model = create_model("r3d_18")
+    before = _weights_version(model)
+    model.load_state_dict(create_model("r3d_18").state_dict())
+    loaded = _weights_version(model)
+    with torch.no_grad():
+        next(model.buffers()).add_(1)
+    assert before < loaded < _weights_version(model)
 
 
 # --------------------------------------------------------------------------- scores
