@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     result = {
         "runs": [str(r) for r in args.runs],
         "members": {m: {s: {"auroc": round(float(roc_auc_score(labels[s], v)), 4),
-                            "logits": [round(float(x), 5) for x in v]}
+                            # unrounded: rounding can tie two close cases and move AUROC
+                            "logits": [float(x) for x in v]}
                         for s, v in split_logits.items()}
                     for m, split_logits in logits.items()},
         "by_members": combinations(logits, labels),
