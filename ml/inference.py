@@ -29,12 +29,13 @@ log = logging.getLogger(__name__)
 
 # Heatmaps on a GPU replay a CUDA graph per (model, input shape) (`ml.gradcam.GraphedGradCAM`,
 # batch norms folded into the convolutions): one clip otherwise leaves the GPU waiting on the
-# host's kernel launches. Each graph keeps
-# its activations' memory (about 2.6 GiB for the paper model on 64 frames), so few are kept.
-# ML_CUDA_GRAPHS=0 turns them off (eager Grad-CAM, the same maps).
+# host's kernel launches. Each graph keeps its activations' memory (about 2.6 GiB for the
+# paper model on 64 frames), so few are kept. ML_CUDA_GRAPHS=0 turns them off (eager
+# Grad-CAM, the same maps).
 CUDA_GRAPHS = os.environ.get("ML_CUDA_GRAPHS", "1") != "0"
 GRAPHED_EXPLAINERS_KEPT = 2
-_explainers: OrderedDict[tuple, object] = OrderedDict()
+# key -> (model, its weights' version at capture, explainer or None where capture failed)
+_explainers: OrderedDict[tuple, tuple] = OrderedDict()
 _explainers_lock = threading.Lock()
 
 
@@ -270,8 +271,13 @@ def _graphed_explainer(
 
 def _weights_version(model: nn.Module) -> int:
     """Changes whenever a parameter or buffer of the model is modified in place (an optimiser
-    step, `load_state_dict`): the sum of their autograd version counters."""
-    return sum(t._version for t in (*model.parameters(), *model.buffers()))
+    step, `load_state_dict`): the sum of their autograd version counters. -1 for a model made
+    under `torch.inference_mode`, whose tensors keep no counter (and cannot be changed outside
+    it)."""
+    try:
+        return sum(t._version for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:
+        return -1
 
 
 def to_clip_grid(

@@ -351,6 +351,9 @@ def test_the_weights_version_moves_with_every_in_place_change():
     with torch.no_grad():
         next(model.buffers()).add_(1)
     assert before < loaded < _weights_version(model)
+    with torch.inference_mode():  # tensors without a version counter: none to read
+        frozen = create_model("r3d_18")
+    assert _weights_version(frozen) == -1
 
 
 # --------------------------------------------------------------------------- scores
