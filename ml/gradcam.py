@@ -49,7 +49,9 @@ visible. Arrays are (B, T, H, W) clips or (B, H, W) images: the first axis is al
 
 from __future__ import annotations
 
+import copy
 import functools
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -199,7 +201,8 @@ class GraphedGradCAM:
 
     The returned tensors are the caller's own (copied out of the graph's static outputs), so
     the next call does not overwrite them. The model must not be moved or have its
-    parameters replaced (in-place updates are fine) while the explainer is open.
+    parameters replaced while the explainer is open; in-place updates are seen, except with
+    `fold_norms`, whose copy is made when the explainer is.
     """
 
     def __init__(
@@ -267,8 +270,6 @@ class GraphedGradCAM:
         return heat, logits, attention
 
     def _capture(self) -> None:
-        import time
-
         t0 = time.perf_counter()
         # warm up on a side stream (cuDNN autotuning, lazy initialisation), as capture needs
         side = torch.cuda.Stream(self.device)
@@ -297,8 +298,7 @@ class GraphedGradCAM:
             raise ValueError(f"this explainer runs on {self.device}; the input is on {x.device}")
         self._input.copy_(x)
         if self._graph is None:
-            heat, logits, attention = self._run()
-            return heat, logits, attention
+            return self._run()
         self._graph.replay()
         heat, logits, attention = self._outputs
         return heat.clone(), logits.clone(), [a.clone() for a in attention]
@@ -308,8 +308,6 @@ def _folded_copy(
     model: nn.Module, layer: nn.Module | Sequence[nn.Module] | None
 ) -> tuple[nn.Module, list[nn.Module] | None]:
     """(a copy of model with its batch norms folded, the copy's modules named as `layer`'s)."""
-    import copy
-
     from ml.models.layers import fold_batch_norms
 
     names = {id(m): n for n, m in model.named_modules()}
