@@ -62,6 +62,7 @@ from scipy import ndimage
 from torch import nn
 
 from ml.models import gradcam_layers
+from ml.models.layers import fold_batch_norms
 
 METHODS = ("hirescam", "gradcam")
 DEFAULT_METHOD = "hirescam"
@@ -308,8 +309,6 @@ def _folded_copy(
     model: nn.Module, layer: nn.Module | Sequence[nn.Module] | None
 ) -> tuple[nn.Module, list[nn.Module] | None]:
     """(a copy of model with its batch norms folded, the copy's modules named as `layer`'s)."""
-    from ml.models.layers import fold_batch_norms
-
     names = {id(m): n for n, m in model.named_modules()}
     if layer is not None:
         layers = [layer] if isinstance(layer, nn.Module) else list(layer)
